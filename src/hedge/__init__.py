@@ -1,0 +1,1 @@
+"""hedge: a self-hosted LLM gateway."""

@@ -1,0 +1,202 @@
+"""The one pooled HTTP client and the transport rules every HTTP upstream shares:
+sending a JSON body under bounded timeouts, mapping failures onto the error tree, and reading
+Server-Sent Events with a first-event and an idle-gap deadline."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import time
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import aiohttp
+import orjson
+
+from hedge.config import Timeouts
+from hedge.errors import (
+    ContentPolicy,
+    ContextLengthExceeded,
+    HedgeError,
+    InvalidRequest,
+    UpstreamError,
+    UpstreamTimeout,
+)
+
+_MAX_ERROR_BODY = 64 * 1024
+
+
+class HttpPool:
+    """One aiohttp session per process: connection reuse is most of an HTTP proxy's speed."""
+
+    def __init__(self) -> None:
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(
+                limit=0, limit_per_host=512, ttl_dns_cache=300, keepalive_timeout=60
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                auto_decompress=True,
+                json_serialize=lambda o: orjson.dumps(o).decode(),
+                skip_auto_headers=("User-Agent",),
+            )
+        return self._session
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+async def post_json(
+    pool: HttpPool,
+    deployment: str,
+    url: str,
+    body: Mapping[str, Any],
+    headers: Mapping[str, str],
+    timeouts: Timeouts,
+    *,
+    head_deadline: float,
+) -> aiohttp.ClientResponse:
+    """POST and return the response once its head has arrived with a 2xx status.
+
+    `head_deadline` bounds the wait for the response head: the whole generation for a plain
+    request, the time to first token for a streamed one. Everything else raises the right
+    `HedgeError` with the upstream's own reason in it.
+    """
+    timeout = aiohttp.ClientTimeout(
+        total=None, connect=timeouts.connect, sock_connect=timeouts.connect
+    )
+    try:
+        async with asyncio.timeout(head_deadline):
+            resp = await pool.session.post(
+                url, data=orjson.dumps(body), headers=headers, timeout=timeout
+            )
+    except TimeoutError:
+        raise UpstreamTimeout(
+            f"deployment '{deployment}' sent no response within {head_deadline:g}s"
+        ) from None
+    except aiohttp.ClientError as e:
+        raise UpstreamError(
+            f"deployment '{deployment}' could not be reached: {_describe(e)}", retryable=True
+        ) from None
+    if resp.status >= 400:
+        try:
+            raw = await resp.content.read(_MAX_ERROR_BODY)
+        except (aiohttp.ClientError, TimeoutError):
+            raw = b""
+        finally:
+            resp.release()
+        raise upstream_failure(deployment, resp.status, raw, resp.headers.get("Retry-After"))
+    return resp
+
+
+def upstream_failure(
+    deployment: str, status: int, raw: bytes, retry_after: str | None
+) -> HedgeError:
+    """Map an upstream's error status and body onto our error tree (pure)."""
+    message, code = _error_text(raw)
+    reason = f"deployment '{deployment}' answered {status}: {message}"
+    lowered = f"{code} {message}".lower()
+    if status in (400, 413, 422):
+        if "context_length" in lowered or "context length" in lowered or "maximum context" in lowered:
+            return ContextLengthExceeded(reason)
+        if "content_policy" in lowered or "content_filter" in lowered or "safety" in lowered:
+            return ContentPolicy(reason)
+        if status == 413:
+            return UpstreamError(reason, retryable=False, upstream_status=status)
+        return InvalidRequest(reason)
+    retryable = status in (408, 409, 425, 429) or status >= 500
+    return UpstreamError(
+        reason,
+        retryable=retryable,
+        upstream_status=status,
+        retry_after_s=parse_retry_after(retry_after),
+        code="upstream_auth" if status in (401, 403) else None,
+    )
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Retry-After as seconds from now: delta-seconds or an HTTP-date (RFC 9110 10.2.3)."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError):
+        return None
+    return max(0.0, when - (time.time() if now is None else now))
+
+
+def _error_text(raw: bytes) -> tuple[str, str]:
+    try:
+        payload = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        text = raw.decode("utf-8", "replace").strip()
+        return (text[:500] or "no error body", "")
+    err = payload.get("error") if isinstance(payload, dict) else None
+    if isinstance(err, dict):
+        return (str(err.get("message") or err)[:1000], str(err.get("code") or err.get("type") or ""))
+    if isinstance(err, str):
+        return (err[:1000], "")
+    return (str(payload)[:500], "")
+
+
+def _describe(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+
+
+async def sse_data(
+    resp: aiohttp.ClientResponse, deployment: str, timeouts: Timeouts
+) -> AsyncIterator[bytes]:
+    """The `data:` payloads of a Server-Sent Events body, one per event.
+
+    The first event must come within `first_token` seconds and every later one within `idle`;
+    a connection that drops mid-stream raises `UpstreamError`. The caller decides what a
+    missing end marker means.
+    """
+    content = resp.content
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeouts.total
+    gap = timeouts.first_token
+    data: list[bytes] = []
+    try:
+        while True:
+            deadline = min(loop.time() + gap, end)
+            try:
+                async with asyncio.timeout_at(deadline):
+                    line = await content.readline()
+            except TimeoutError:
+                what = "ran past its total" if deadline >= end else "stalled for"
+                limit = timeouts.total if deadline >= end else gap
+                raise UpstreamTimeout(
+                    f"deployment '{deployment}' stream {what} {limit:g}s"
+                ) from None
+            if not line:
+                if data:
+                    yield b"\n".join(data)
+                return
+            line = line.rstrip(b"\r\n")
+            if not line:
+                if data:
+                    yield b"\n".join(data)
+                    data = []
+                    gap = timeouts.idle
+                continue
+            if line.startswith(b"data:"):
+                data.append(line[5:].lstrip(b" "))
+            # event:, id:, retry: and comments carry nothing we need: the JSON says it all.
+    except aiohttp.ClientError as e:
+        raise UpstreamError(
+            f"deployment '{deployment}' stream broke: {_describe(e)}", retryable=True
+        ) from None
+    finally:
+        resp.release()

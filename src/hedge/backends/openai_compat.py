@@ -1,0 +1,298 @@
+"""Any OpenAI-compatible server: vLLM, SGLang, Ollama, llama.cpp, TensorRT-LLM, and the hosted
+APIs that copy OpenAI's wire (DeepSeek, Moonshot, Z.ai, DashScope, MiniMax, Mistral, OpenAI).
+
+Pure converters `to_wire` / `from_wire` / `chunks_from_wire`, then one short sender. Differences
+between servers are data (`providers.yaml`), not branches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from contextlib import aclosing
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import Any, Literal, cast
+
+import orjson
+import yaml
+
+from hedge.backends.base import DeploymentStatus
+from hedge.backends.http import HttpPool, post_json, sse_data
+from hedge.config import OpenAICompatDeployment, SamplingDefaults
+from hedge.errors import UpstreamError
+from hedge.types import (
+    ChatRequest,
+    ChatResponse,
+    Choice,
+    Chunk,
+    FinishReason,
+    ToolCall,
+    ToolCallDelta,
+    Usage,
+)
+
+_FINISH: dict[str, FinishReason] = {
+    "stop": "stop",
+    "length": "length",
+    "tool_calls": "tool_calls",
+    "function_call": "tool_calls",
+    "content_filter": "content_filter",
+    "eos": "stop",
+    "end_turn": "stop",
+    "max_tokens": "length",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Quirks:
+    reasoning_fields: tuple[str, ...]
+    stream_usage: Literal["stream_options", "none"]
+    max_tokens_field: Literal["max_tokens", "max_completion_tokens"]
+    supports_n: bool
+    supports_tools: bool
+
+
+@cache
+def _presets() -> dict[str, dict[str, Any]]:
+    text = resources.files("hedge.backends").joinpath("providers.yaml").read_text("utf-8")
+    return cast(dict[str, dict[str, Any]], yaml.safe_load(text))
+
+
+def provider_names() -> list[str]:
+    return sorted(_presets())
+
+
+def quirks_for(provider: str, overrides: dict[str, Any]) -> Quirks:
+    """The generic quirks, then the provider's, then the deployment's own overrides."""
+    presets = _presets()
+    merged = {**presets["generic"], **presets.get(provider, {}), **overrides}
+    unknown = set(merged) - set(Quirks.__dataclass_fields__)
+    if unknown:
+        raise ValueError(f"unknown quirk(s): {', '.join(sorted(unknown))}")
+    merged["reasoning_fields"] = tuple(merged["reasoning_fields"])
+    return Quirks(**merged)
+
+
+def to_wire(
+    request: ChatRequest,
+    upstream_model: str,
+    quirks: Quirks,
+    defaults: SamplingDefaults,
+) -> dict[str, Any]:
+    body = request.model_dump(exclude_none=True, by_alias=True)
+    body["model"] = upstream_model
+    limit = request.token_limit or defaults.max_tokens
+    body.pop("max_tokens", None)
+    body.pop("max_completion_tokens", None)
+    if limit is not None:
+        body[quirks.max_tokens_field] = limit
+    if request.temperature is None and defaults.temperature is not None:
+        body["temperature"] = defaults.temperature
+    if request.top_p is None and defaults.top_p is not None:
+        body["top_p"] = defaults.top_p
+    if request.stream:
+        if quirks.stream_usage == "stream_options":
+            # Always ask for usage: accounting needs it even when the client did not.
+            body["stream_options"] = {"include_usage": True}
+        else:
+            body.pop("stream_options", None)
+    return body
+
+
+def _usage(raw: Any) -> Usage:
+    if not isinstance(raw, dict):
+        return Usage()
+    prompt_details = raw.get("prompt_tokens_details") or {}
+    completion_details = raw.get("completion_tokens_details") or {}
+    return Usage(
+        prompt_tokens=int(raw.get("prompt_tokens") or 0),
+        completion_tokens=int(raw.get("completion_tokens") or 0),
+        # DeepSeek reports cache hits as prompt_cache_hit_tokens rather than in the details.
+        cached_tokens=int(
+            prompt_details.get("cached_tokens") or raw.get("prompt_cache_hit_tokens") or 0
+        ),
+        reasoning_tokens=int(completion_details.get("reasoning_tokens") or 0),
+    )
+
+
+def _reasoning(obj: dict[str, Any], quirks: Quirks) -> str | None:
+    for name in quirks.reasoning_fields:
+        value = obj.get(name)
+        if isinstance(value, str):
+            return value
+    return None
+
+
+def _finish(value: Any) -> FinishReason | None:
+    return _FINISH.get(value, "stop") if isinstance(value, str) else None
+
+
+def from_wire(payload: Any, quirks: Quirks, deployment: str) -> ChatResponse:
+    """A non-streamed completion payload -> ChatResponse. A malformed payload is the
+    upstream's failure, not an answer."""
+    try:
+        choices = []
+        for i, raw in enumerate(payload["choices"]):
+            msg = raw.get("message") or {}
+            calls = tuple(
+                ToolCall(
+                    id=str(c.get("id") or f"call_{i}_{j}"),
+                    name=str(c["function"]["name"]),
+                    arguments=str(c["function"].get("arguments") or ""),
+                )
+                for j, c in enumerate(msg.get("tool_calls") or ())
+            )
+            content = msg.get("content")
+            choices.append(
+                Choice(
+                    index=int(raw.get("index", i)),
+                    content=content if isinstance(content, str) else None,
+                    finish_reason=_finish(raw.get("finish_reason")) or "stop",
+                    tool_calls=calls,
+                    reasoning=_reasoning(msg, quirks),
+                    refusal=msg.get("refusal") if isinstance(msg.get("refusal"), str) else None,
+                )
+            )
+        if not choices:
+            raise ValueError("no choices")
+        return ChatResponse(
+            choices=tuple(choices),
+            usage=_usage(payload.get("usage")),
+            upstream_model=str(payload.get("model") or ""),
+            id=str(payload.get("id") or ""),
+            created=int(payload.get("created") or 0),
+            system_fingerprint=payload.get("system_fingerprint"),
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise UpstreamError(
+            f"deployment '{deployment}' sent a malformed completion ({type(e).__name__}: {e})",
+            retryable=True,
+        ) from None
+
+
+def chunks_from_wire(payload: Any, quirks: Quirks) -> Iterator[Chunk]:
+    """One streamed `chat.completion.chunk` -> Chunks (one per choice delta, one for usage).
+    Raises KeyError/TypeError/ValueError on a malformed event."""
+    for raw in payload["choices"]:
+        delta = raw.get("delta") or {}
+        calls = tuple(
+            ToolCallDelta(
+                index=int(c.get("index", 0)),
+                id=c.get("id"),
+                name=(c.get("function") or {}).get("name"),
+                arguments=(c.get("function") or {}).get("arguments"),
+            )
+            for c in delta.get("tool_calls") or ()
+        )
+        content = delta.get("content")
+        yield Chunk(
+            index=int(raw.get("index", 0)),
+            content=content if isinstance(content, str) else None,
+            reasoning=_reasoning(delta, quirks),
+            tool_calls=calls,
+            finish_reason=_finish(raw.get("finish_reason")),
+            role="assistant" if delta.get("role") == "assistant" else None,
+        )
+    if payload.get("usage"):
+        yield Chunk(usage=_usage(payload["usage"]))
+
+
+class OpenAICompatBackend:
+    def __init__(
+        self, name: str, deployment: OpenAICompatDeployment, api_key: str | None, pool: HttpPool
+    ) -> None:
+        self.name = name
+        self.deployment = deployment
+        self.quirks = quirks_for(deployment.provider, deployment.quirks)
+        self._pool = pool
+        self._url = f"{deployment.base_url}/chat/completions"
+        self._headers = {"Content-Type": "application/json", **deployment.headers}
+        if api_key:
+            self._headers["Authorization"] = f"Bearer {api_key}"
+        self._missing_key = deployment.api_key_env is not None and not api_key
+
+    def unsupported(self, request: ChatRequest) -> str | None:
+        if request.choices_wanted > 1 and not self.quirks.supports_n:
+            return f"n > 1 is not supported by provider '{self.deployment.provider}'"
+        if request.tools and not self.quirks.supports_tools:
+            return f"tools are not supported by provider '{self.deployment.provider}'"
+        return None
+
+    def status(self) -> DeploymentStatus:
+        if self._missing_key:
+            return DeploymentStatus(
+                "unavailable", f"environment variable {self.deployment.api_key_env} is not set"
+            )
+        return DeploymentStatus("ready")
+
+    async def start(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+    def _body(self, request: ChatRequest) -> dict[str, Any]:
+        return to_wire(
+            request, self.deployment.upstream_model, self.quirks, self.deployment.defaults
+        )
+
+    async def complete(self, request: ChatRequest) -> ChatResponse:
+        t = self.deployment.timeouts
+        resp = await post_json(
+            self._pool, self.name, self._url, self._body(request), self._headers, t,
+            head_deadline=t.total,
+        )
+        try:
+            raw = await resp.read()
+        except Exception as e:
+            raise UpstreamError(
+                f"deployment '{self.name}' broke off its response: {type(e).__name__}",
+                retryable=True,
+            ) from None
+        finally:
+            resp.release()
+        try:
+            payload = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise UpstreamError(
+                f"deployment '{self.name}' sent a response that is not JSON", retryable=True
+            ) from None
+        return from_wire(payload, self.quirks, self.name)
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
+        t = self.deployment.timeouts
+        resp = await post_json(
+            self._pool, self.name, self._url, self._body(request), self._headers, t,
+            head_deadline=t.first_token,
+        )
+        finished: set[int] = set()
+        async with aclosing(sse_data(resp, self.name, t)) as events:
+            async for data in events:
+                if data == b"[DONE]":
+                    break
+                for chunk in self._parse_event(data):
+                    if chunk.finish_reason is not None:
+                        finished.add(chunk.index)
+                    yield chunk
+        # A missing [DONE] is fine; a stream that never said how it finished is truncated.
+        if len(finished) < request.choices_wanted:
+            raise UpstreamError(
+                f"deployment '{self.name}' ended its stream before the answer was complete",
+                retryable=True,
+            )
+
+    def _parse_event(self, data: bytes) -> list[Chunk]:
+        try:
+            payload = orjson.loads(data)
+            if isinstance(payload, dict) and "error" in payload:
+                raise UpstreamError(
+                    f"deployment '{self.name}' reported an error mid-stream: "
+                    f"{str(payload['error'])[:500]}",
+                    retryable=True,
+                )
+            return list(chunks_from_wire(payload, self.quirks))
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+            raise UpstreamError(
+                f"deployment '{self.name}' sent a malformed stream event", retryable=True
+            ) from None

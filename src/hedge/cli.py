@@ -1,0 +1,171 @@
+"""The `hedge` command: serve, chat, config check.
+
+Each subcommand parses its arguments, loads Settings once, and runs one async function with
+asyncio.run; nothing here knows a wire format.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+
+import aiohttp
+import orjson
+
+from hedge import config
+from hedge.errors import ConfigError, HedgeError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="hedge", description="A self-hosted LLM gateway.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the gateway")
+    serve.add_argument("--config", help="path to hedge.yaml (default: $HEDGE_CONFIG, ./hedge.yaml, built-in)")
+    serve.add_argument("--host", help="address to bind (default from config: 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to bind (default from config: 8080)")
+    serve.add_argument(
+        "--wait-for-models", action="store_true",
+        help="load every embedded model before accepting requests",
+    )
+
+    chat = sub.add_parser("chat", help="send one prompt and stream the answer")
+    chat.add_argument("prompt")
+    chat.add_argument("--model", default="default", help="route name (default: default)")
+    chat.add_argument("--url", help="gateway base URL (default: the configured address)")
+    chat.add_argument("--config", help="config for the address, or for running in-process")
+    chat.add_argument(
+        "--local", action="store_true", help="run in-process instead of calling a gateway"
+    )
+    chat.add_argument("--max-tokens", type=int, default=None)
+    chat.add_argument("--temperature", type=float, default=None)
+
+    cfg = sub.add_parser("config", help="configuration tools")
+    cfg_sub = cfg.add_subparsers(dest="config_command", required=True)
+    check = cfg_sub.add_parser("check", help="validate a hedge.yaml and summarise it")
+    check.add_argument("path")
+
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "serve":
+            return _serve(args)
+        if args.command == "chat":
+            return asyncio.run(_chat(args))
+        return _config_check(args.path)
+    except ConfigError as e:
+        print(f"hedge: configuration error\n{e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from hedge.gateway import Gateway
+    from hedge.server.app import HedgeApp
+
+    settings = config.load(config.find_config(args.config))
+    server = settings.config.server
+    host = args.host or server.host
+    port = server.port if args.port is None else args.port
+    for warning in settings.warnings:
+        print(f"hedge: warning: {warning}", file=sys.stderr)
+    app = HedgeApp(Gateway.from_settings(settings), wait_for_models=args.wait_for_models)
+    routes = ", ".join(settings.config.routes)
+    print(f"hedge: serving {routes} from {settings.source} on http://{host}:{port}", file=sys.stderr)
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        loop="uvloop" if sys.platform != "win32" else "asyncio",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_level=server.log_level,
+        timeout_graceful_shutdown=30,
+    )
+    return 0
+
+
+def _config_check(path: str) -> int:
+    settings = config.load(path)
+    cfg = settings.config
+    print(f"{path}: OK")
+    print(f"  deployments: {len(cfg.deployments)} ({', '.join(cfg.deployments)})")
+    for name, route in cfg.routes.items():
+        print(f"  route {name}: {' -> '.join(route.deployments)}")
+    for warning in settings.warnings:
+        print(f"  warning: {warning}")
+    return 0
+
+
+async def _chat(args: argparse.Namespace) -> int:
+    body: dict[str, object] = {
+        "model": args.model,
+        "messages": [{"role": "user", "content": args.prompt}],
+        "stream": True,
+    }
+    if args.max_tokens is not None:
+        body["max_tokens"] = args.max_tokens
+    if args.temperature is not None:
+        body["temperature"] = args.temperature
+    settings = config.load(config.find_config(args.config))
+    if not args.local:
+        url = args.url or f"http://{settings.config.server.host}:{settings.config.server.port}"
+        try:
+            return await _chat_remote(url.rstrip("/"), body)
+        except aiohttp.ClientConnectionError:
+            if args.url:
+                print(f"hedge: no gateway answers at {url}", file=sys.stderr)
+                return 1
+            print(f"hedge: no gateway at {url}; running in-process", file=sys.stderr)
+    return await _chat_local(settings, body)
+
+
+async def _chat_remote(url: str, body: dict[str, object]) -> int:
+    async with aiohttp.ClientSession() as session, session.post(
+        f"{url}/v1/chat/completions", json=body
+    ) as resp:
+        if resp.status != 200:
+            payload = await resp.json(content_type=None)
+            print(f"hedge: {resp.status}: {payload['error']['message']}", file=sys.stderr)
+            return 1
+        async for line in resp.content:
+            if not line.startswith(b"data: ") or line.strip() == b"data: [DONE]":
+                continue
+            event = orjson.loads(line[6:])
+            if "error" in event:
+                print(f"\nhedge: stream failed: {event['error']['message']}", file=sys.stderr)
+                return 1
+            for choice in event.get("choices", ()):
+                sys.stdout.write(choice["delta"].get("content") or "")
+                sys.stdout.flush()
+    sys.stdout.write("\n")
+    return 0
+
+
+async def _chat_local(settings: config.Settings, body: dict[str, object]) -> int:
+    from hedge.gateway import Gateway, Trace
+    from hedge.types import ChatRequest
+
+    gateway = Gateway.from_settings(settings)
+    await gateway.start(wait=True)
+    try:
+        request = ChatRequest.model_validate(body)
+        async for chunk in await gateway.stream(request, Trace(route=request.model)):
+            sys.stdout.write(chunk.content or "")
+            sys.stdout.flush()
+    except HedgeError as e:
+        print(f"\nhedge: {e.message}", file=sys.stderr)
+        return 1
+    finally:
+        await gateway.aclose()
+    sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,327 @@
+"""hedge.yaml -> strict models -> frozen Settings.
+
+The only module that reads files named by the user for configuration and the only one that reads
+the environment. Every problem is reported at start-up with the file, the key path, the line and
+what to do about it; unknown keys, wrong types and dangling references are all refused.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from hedge.errors import ConfigError
+
+Hosting = Literal["self-hosted", "hosted"]
+DEFAULT_CONFIG_NAME = "hedge.yaml"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class Prices(_Strict):
+    """USD per one million tokens."""
+
+    input: Annotated[float, Field(ge=0)] = 0.0
+    output: Annotated[float, Field(ge=0)] = 0.0
+    cached_input: Annotated[float, Field(ge=0)] | None = None
+
+
+class Timeouts(_Strict):
+    """Seconds. `first_token` bounds the wait for the response head or first streamed event,
+    `idle` the gap between two streamed events, `total` the whole attempt."""
+
+    connect: Annotated[float, Field(gt=0)] = 5.0
+    first_token: Annotated[float, Field(gt=0)] = 60.0
+    idle: Annotated[float, Field(gt=0)] = 30.0
+    total: Annotated[float, Field(gt=0)] = 600.0
+
+
+class SamplingDefaults(_Strict):
+    """Used when the client leaves a field out, so a small local model is not run at the
+    OpenAI default temperature of 1.0 unless someone asks for it."""
+
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    top_p: Annotated[float, Field(gt=0, le=1)] | None = None
+    max_tokens: Annotated[int, Field(ge=1)] | None = None
+
+
+class _DeploymentBase(_Strict):
+    model: str | None = Field(default=None, description="catalog model id")
+    hosting: Hosting
+    region: str | None = None
+    prices: Prices = Prices()
+    defaults: SamplingDefaults = SamplingDefaults()
+    description: str | None = None
+
+
+class EmbeddedDeployment(_DeploymentBase):
+    kind: Literal["embedded"]
+    hosting: Hosting = "self-hosted"
+    bundled: Literal["smollm2-135m-instruct", "gemma-3-270m"] | None = None
+    gguf_path: str | None = None
+    n_ctx: Annotated[int, Field(ge=128)] = 2048
+    n_threads: Annotated[int, Field(ge=1)] | None = None
+    chat_format: str | None = Field(
+        default=None, description="llama.cpp chat format; default: the GGUF's own template"
+    )
+    max_queue: Annotated[int, Field(ge=1)] = 64
+
+    @field_validator("gguf_path")
+    @classmethod
+    def _absolute_or_relative(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            raise ValueError("gguf_path must not be empty")
+        return v
+
+    def model_post_init(self, _: Any) -> None:
+        if (self.bundled is None) == (self.gguf_path is None):
+            raise ValueError("set exactly one of 'bundled' or 'gguf_path'")
+
+
+class OpenAICompatDeployment(_DeploymentBase):
+    kind: Literal["openai_compat"]
+    base_url: str
+    upstream_model: str
+    api_key_env: str | None = None
+    provider: str = "generic"
+    quirks: dict[str, Any] = Field(default_factory=dict)
+    timeouts: Timeouts = Timeouts()
+    headers: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("base_url must start with http:// or https://")
+        return v.rstrip("/")
+
+
+class AnthropicDeployment(_DeploymentBase):
+    kind: Literal["anthropic"]
+    hosting: Hosting = "hosted"
+    base_url: str = "https://api.anthropic.com"
+    upstream_model: str
+    api_key_env: str = "ANTHROPIC_API_KEY"
+    anthropic_version: str = "2023-06-01"
+    default_max_tokens: Annotated[int, Field(ge=1)] = 4096
+    timeouts: Timeouts = Timeouts()
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("base_url must start with http:// or https://")
+        return v.rstrip("/")
+
+
+Deployment = Annotated[
+    EmbeddedDeployment | OpenAICompatDeployment | AnthropicDeployment,
+    Field(discriminator="kind"),
+]
+DEPLOYMENT_KINDS = ("embedded", "openai_compat", "anthropic")
+
+
+class Route(_Strict):
+    deployments: Annotated[list[str], Field(min_length=1)]
+    description: str | None = None
+
+
+class ServerSettings(_Strict):
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8080
+    max_body_bytes: Annotated[int, Field(ge=1024)] = 4 * 1024 * 1024
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    data_dir: str = Field(
+        default="~/.cache/hedge", description="where hedge keeps assembled model files"
+    )
+
+    @field_validator("data_dir")
+    @classmethod
+    def _expand(cls, v: str) -> str:
+        return str(Path(v).expanduser())
+
+
+class HedgeConfig(_Strict):
+    server: ServerSettings = ServerSettings()
+    deployments: dict[str, Deployment]
+    routes: dict[str, Route]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the running gateway is built from: the validated config plus resolved secrets."""
+
+    config: HedgeConfig
+    source: str
+    secrets: dict[str, str] = field(default_factory=dict, repr=False)
+    warnings: tuple[str, ...] = ()
+
+    def secret_for(self, deployment: str) -> str | None:
+        return self.secrets.get(deployment)
+
+
+def default_config_text() -> str:
+    return resources.files("hedge").joinpath("default.yaml").read_text(encoding="utf-8")
+
+
+def find_config(explicit: str | None) -> str | None:
+    """The config path to use: --config, then $HEDGE_CONFIG, then ./hedge.yaml, else None
+    (the built-in default)."""
+    if explicit:
+        return explicit
+    env = os.environ.get("HEDGE_CONFIG")
+    if env:
+        return env
+    return DEFAULT_CONFIG_NAME if Path(DEFAULT_CONFIG_NAME).is_file() else None
+
+
+def load(path: str | None, environ: dict[str, str] | None = None) -> Settings:
+    """Read, validate and resolve a config file (or the built-in default when path is None)."""
+    if path is None:
+        return parse(default_config_text(), "<built-in default config>", environ)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file. Fix: pass an existing file to --config.") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot be read as UTF-8 text ({e}).") from None
+    return parse(text, path, environ)
+
+
+def parse(text: str, source: str, environ: dict[str, str] | None = None) -> Settings:
+    env = dict(os.environ) if environ is None else environ
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        raw = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ConfigError(f"{source}{where}: not valid YAML: {e.problem}.") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping with 'deployments' and 'routes'.")
+    try:
+        cfg = HedgeConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_describe(e, source, node)) from None
+    problems = _dangling_references(cfg)
+    if problems:
+        raise ConfigError(_join(source, [(path, msg, _line(node, path)) for path, msg in problems]))
+    secrets, warnings = _resolve_secrets(cfg, env)
+    return Settings(config=cfg, source=source, secrets=secrets, warnings=tuple(warnings))
+
+
+def _dangling_references(cfg: HedgeConfig) -> list[tuple[tuple[str | int, ...], str]]:
+    problems: list[tuple[tuple[str | int, ...], str]] = []
+    known = sorted(cfg.deployments)
+    for name, route in cfg.routes.items():
+        seen: set[str] = set()
+        for i, dep in enumerate(route.deployments):
+            path: tuple[str | int, ...] = ("routes", name, "deployments", i)
+            if dep not in cfg.deployments:
+                problems.append(
+                    (
+                        path,
+                        f"unknown deployment '{dep}' (known: {', '.join(known) or 'none'}). "
+                        "Fix: define it under 'deployments' or remove it from the route.",
+                    )
+                )
+            elif dep in seen:
+                problems.append((path, f"deployment '{dep}' is listed twice in this route."))
+            seen.add(dep)
+    if not cfg.routes:
+        problems.append((("routes",), "no routes: define at least one route."))
+    return problems
+
+
+def _resolve_secrets(cfg: HedgeConfig, env: dict[str, str]) -> tuple[dict[str, str], list[str]]:
+    secrets: dict[str, str] = {}
+    warnings: list[str] = []
+    for name, dep in cfg.deployments.items():
+        var = getattr(dep, "api_key_env", None)
+        if var is None:
+            continue
+        value = env.get(var)
+        if value:
+            secrets[name] = value
+        else:
+            warnings.append(
+                f"deployment '{name}': environment variable {var} is not set; "
+                "the deployment stays out of every plan until it is."
+            )
+    return secrets, warnings
+
+
+_HINTS = {
+    "missing": "add it",
+    "extra_forbidden": "remove it or check its spelling",
+    "union_tag_invalid": f"use one of: {', '.join(DEPLOYMENT_KINDS)}",
+    "union_tag_not_found": f"add 'kind' ({', '.join(DEPLOYMENT_KINDS)})",
+}
+
+
+def _describe(err: ValidationError, source: str, node: yaml.Node | None) -> str:
+    items = []
+    for e in err.errors():
+        loc = _clean_loc(e["loc"])
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = f"unknown key '{loc[-1]}'"
+        elif e["type"] in ("int_type", "float_type", "string_type", "bool_type"):
+            msg = f"{msg}, got {type(e['input']).__name__} {e['input']!r}"
+        hint = _HINTS.get(e["type"])
+        items.append((loc, msg + (f". Fix: {hint}." if hint else "."), _line(node, loc)))
+    return _join(source, items)
+
+
+def _clean_loc(loc: tuple[str | int, ...]) -> tuple[str | int, ...]:
+    # A discriminated union puts the tag into the path (deployments.x.embedded.n_ctx);
+    # people wrote deployments.x.n_ctx, so show that.
+    if len(loc) > 2 and loc[0] == "deployments" and loc[2] in DEPLOYMENT_KINDS:
+        return loc[:2] + loc[3:]
+    return loc
+
+
+def _join(source: str, items: list[tuple[tuple[str | int, ...], str, int | None]]) -> str:
+    lines = [f"{source}: {len(items)} problem{'s' if len(items) != 1 else ''}:"]
+    for loc, msg, line in items:
+        where = f" (line {line})" if line else ""
+        lines.append(f"  - {format_path(loc)}{where}: {msg}")
+    return "\n".join(lines)
+
+
+def format_path(loc: tuple[str | int, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "<top level>"
+
+
+def _line(node: yaml.Node | None, loc: tuple[str | int, ...]) -> int | None:
+    """The 1-based line of the deepest YAML node along loc, to point a person at the spot."""
+    found = None
+    for part in loc:
+        if node is None:
+            break
+        found = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            node = next((v for k, v in node.value if k.value == part), None)
+            if node is None:
+                # a missing or unknown key: point at the key itself if it is there
+                return found
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+            node = node.value[part] if part < len(node.value) else None
+        else:
+            break
+    if node is not None:
+        found = node.start_mark.line + 1
+    return found

@@ -1,0 +1,139 @@
+"""The ASGI application: routing, the one error handler, health, and the lifespan of the gateway.
+
+Every failure a client can cause or see is a `HedgeError`, rendered here in OpenAI's error shape;
+anything else is logged with its traceback and answered with a plain 500 that carries no detail.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from hedge.errors import HedgeError, MethodNotAllowed, NotFound
+from hedge.gateway import Gateway
+from hedge.server import openai_api
+from hedge.server.asgi import ClientGone, Receive, Scope, Send, send_error, send_json
+
+log = logging.getLogger("hedge.server")
+
+
+class HedgeApp:
+    def __init__(self, gateway: Gateway, *, wait_for_models: bool = False) -> None:
+        self.gateway = gateway
+        self._max_body = gateway.config.server.max_body_bytes
+        self._wait = wait_for_models
+        self._models_payload = {"object": "list", "data": [self._model_card(r) for r in gateway.routes]}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.gateway.start(wait=self._wait)
+                except Exception as e:
+                    log.exception("start-up failed")
+                    await send({"type": "lifespan.startup.failed", "message": str(e)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.gateway.aclose()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = False
+
+        async def tracked_send(message: dict[str, Any]) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
+        try:
+            await self._route(scope, receive, tracked_send)
+        except ClientGone:
+            return
+        except HedgeError as e:
+            if not started:
+                await send_error(send, e)
+        except Exception:
+            log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+            if not started:
+                await send_json(
+                    send,
+                    500,
+                    {
+                        "error": {
+                            "message": "hedge hit an internal error; it has been logged.",
+                            "type": "server_error",
+                            "code": "internal_error",
+                            "param": None,
+                        }
+                    },
+                )
+
+    async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope["path"]
+        method: str = scope["method"]
+        if path == "/v1/chat/completions":
+            _allow(method, "POST", path)
+            await openai_api.chat_completions(self.gateway, scope, receive, send, self._max_body)
+        elif path == "/v1/models":
+            _allow(method, "GET", path)
+            await send_json(send, 200, self._models_payload)
+        elif path.startswith("/v1/models/"):
+            _allow(method, "GET", path)
+            name = path.removeprefix("/v1/models/")
+            if name not in self.gateway.routes:
+                raise NotFound(f"The model '{name}' does not exist on this gateway.", param="model")
+            await send_json(send, 200, self._model_card(name))
+        elif path == "/healthz":
+            await send_json(send, 200, {"status": "ok"})
+        elif path == "/readyz":
+            status, body = self.readiness()
+            await send_json(send, status, body)
+        else:
+            raise NotFound(f"No such endpoint: {method} {path}.")
+
+    def _model_card(self, route: str) -> dict[str, Any]:
+        cfg = self.gateway.config.routes[route]
+        return {
+            "id": route,
+            "object": "model",
+            "created": 0,
+            "owned_by": "hedge",
+            "description": cfg.description,
+            "deployments": list(cfg.deployments),
+        }
+
+    def readiness(self) -> tuple[int, dict[str, Any]]:
+        """Ready when every route has at least one ready deployment."""
+        deployments = {
+            name: {"state": s.state, "detail": s.detail}
+            for name, b in self.gateway.backends.items()
+            for s in (b.status(),)
+        }
+        routes = {
+            name: any(deployments[b.name]["state"] == "ready" for b in backends)
+            for name, backends in self.gateway.routes.items()
+        }
+        ready = all(routes.values())
+        body = {
+            "status": "ready" if ready else "not_ready",
+            "routes": {name: "ready" if ok else "not_ready" for name, ok in routes.items()},
+            "deployments": deployments,
+        }
+        return (200 if ready else 503), body
+
+
+def _allow(method: str, allowed: str, path: str) -> None:
+    if method != allowed:
+        raise MethodNotAllowed(
+            f"{method} is not allowed on {path}; use {allowed}.", headers={"Allow": allowed}
+        )
