@@ -23,11 +23,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the gateway")
-    serve.add_argument("--config", help="path to hedge.yaml (default: $HEDGE_CONFIG, ./hedge.yaml, built-in)")
+    serve.add_argument(
+        "--config", help="path to hedge.yaml (default: $HEDGE_CONFIG, ./hedge.yaml, built-in)"
+    )
     serve.add_argument("--host", help="address to bind (default from config: 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to bind (default from config: 8080)")
     serve.add_argument(
-        "--wait-for-models", action="store_true",
+        "--wait-for-models",
+        action="store_true",
         help="load every embedded model before accepting requests",
     )
 
@@ -75,7 +78,9 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"hedge: warning: {warning}", file=sys.stderr)
     app = HedgeApp(Gateway.from_settings(settings), wait_for_models=args.wait_for_models)
     routes = ", ".join(settings.config.routes)
-    print(f"hedge: serving {routes} from {settings.source} on http://{host}:{port}", file=sys.stderr)
+    print(
+        f"hedge: serving {routes} from {settings.source} on http://{host}:{port}", file=sys.stderr
+    )
     uvicorn.run(
         app,
         host=host,
@@ -126,9 +131,10 @@ async def _chat(args: argparse.Namespace) -> int:
 
 
 async def _chat_remote(url: str, body: dict[str, object]) -> int:
-    async with aiohttp.ClientSession() as session, session.post(
-        f"{url}/v1/chat/completions", json=body
-    ) as resp:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{url}/v1/chat/completions", json=body) as resp,
+    ):
         if resp.status != 200:
             payload = await resp.json(content_type=None)
             print(f"hedge: {resp.status}: {payload['error']['message']}", file=sys.stderr)

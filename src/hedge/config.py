@@ -190,7 +190,9 @@ def load(path: str | None, environ: dict[str, str] | None = None) -> Settings:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file. Fix: pass an existing file to --config.") from None
+        raise ConfigError(
+            f"{path}: no such file. Fix: pass an existing file to --config."
+        ) from None
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: cannot be read as UTF-8 text ({e}).") from None
     return parse(text, path, environ)
@@ -208,7 +210,9 @@ def parse(text: str, source: str, environ: dict[str, str] | None = None) -> Sett
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: the top level must be a mapping with 'deployments' and 'routes'.")
+        raise ConfigError(
+            f"{source}: the top level must be a mapping with 'deployments' and 'routes'."
+        )
     try:
         cfg = HedgeConfig.model_validate(raw)
     except ValidationError as e:
@@ -269,11 +273,22 @@ _HINTS = {
 }
 
 
+_FIELD_HINTS = {
+    "hosting": "add 'hosting: self-hosted' (your own servers) or 'hosting: hosted' (a vendor API)",
+    "upstream_model": "add the model name the upstream server expects",
+    "base_url": "add the server's OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1",
+}
+
+
 def _describe(err: ValidationError, source: str, node: yaml.Node | None) -> str:
     items = []
     for e in err.errors():
         loc = _clean_loc(e["loc"])
-        msg = e["msg"]
+        msg = str(e["msg"]).removeprefix("Value error, ")
+        if e["type"] == "missing" and loc and loc[-1] in _FIELD_HINTS:
+            msg = f"Field required. Fix: {_FIELD_HINTS[str(loc[-1])]}"
+            items.append((loc, msg + ".", _line(node, loc)))
+            continue
         if e["type"] == "extra_forbidden":
             msg = f"unknown key '{loc[-1]}'"
         elif e["type"] in ("int_type", "float_type", "string_type", "bool_type"):

@@ -140,7 +140,9 @@ class Gateway:
         reasons = "; ".join(f"{r.deployment}: {r.reason}" for r in refusals)
         if all(b.status().state in ("unavailable", "failed") for b in route):
             raise NotReady(f"No deployment of model '{request.model}' is available ({reasons}).")
-        raise Unsupported(f"No deployment of model '{request.model}' can serve this request ({reasons}).")
+        raise Unsupported(
+            f"No deployment of model '{request.model}' can serve this request ({reasons})."
+        )
 
     async def chat(self, request: ChatRequest, trace: Trace) -> ChatResponse:
         last: HedgeError | None = None
@@ -211,9 +213,7 @@ class Gateway:
             raise
         finally:
             await _aclose(chunks)
-            trace.attempts.append(
-                Attempt(name, time.perf_counter() - t0, error=error, usage=usage)
-            )
+            trace.attempts.append(Attempt(name, time.perf_counter() - t0, error=error, usage=usage))
 
     @staticmethod
     def _record(

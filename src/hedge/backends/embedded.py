@@ -113,7 +113,10 @@ def to_wire(request: ChatRequest, defaults: SamplingDefaults) -> dict[str, Any]:
     fmt = request.response_format
     if fmt is not None and fmt.type != "text":
         schema = fmt.json_schema.schema_ if fmt.json_schema is not None else None
-        kwargs["response_format"] = {"type": "json_object", **({"schema": schema} if schema else {})}
+        kwargs["response_format"] = {
+            "type": "json_object",
+            **({"schema": schema} if schema else {}),
+        }
     return kwargs
 
 
@@ -152,17 +155,17 @@ class EmbeddedBackend:
     def _load(self) -> Any:
         try:
             from llama_cpp import Llama
-            from llama_cpp.llama_chat_format import chat_formatter_to_chat_completion_handler
-            from llama_cpp.llama_chat_format import ChatFormatterResponse
+            from llama_cpp.llama_chat_format import (
+                ChatFormatterResponse,
+                chat_formatter_to_chat_completion_handler,
+            )
         except ImportError:
             raise RuntimeError(
                 "llama-cpp-python is not installed: pip install 'hedge[embedded]'"
             ) from None
         dep = self.deployment
         path = (
-            bundled_gguf(dep.bundled, self._data_dir)
-            if dep.bundled
-            else Path(dep.gguf_path or "")
+            bundled_gguf(dep.bundled, self._data_dir) if dep.bundled else Path(dep.gguf_path or "")
         )
         if not path.is_file():
             raise FileNotFoundError(f"GGUF file not found: {path}")
@@ -230,7 +233,10 @@ class EmbeddedBackend:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
         cancelled = threading.Event()
-        put: Callable[[Any], None] = partial(loop.call_soon_threadsafe, queue.put_nowait)
+
+        def put(item: Any) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+
         self._queued += 1
         loop.run_in_executor(self._executor, self._produce, kwargs, put, cancelled)
         finish = None
@@ -282,7 +288,11 @@ class EmbeddedBackend:
             # every sampled token but the last; an end-of-sequence token is not part of the
             # answer, as in the non-streamed usage.
             completion = sampled - (1 if finish == "stop" else 0)
-            put(Usage(prompt_tokens=self._llama.n_tokens - sampled + 1, completion_tokens=completion))
+            put(
+                Usage(
+                    prompt_tokens=self._llama.n_tokens - sampled + 1, completion_tokens=completion
+                )
+            )
         except BaseException as e:
             put(e)
         finally:

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Install everything the tests need, then lint, type-check and run the whole suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install.sh --dev
+.venv/bin/ruff check src tests bench
+.venv/bin/mypy
+.venv/bin/python -m pytest "$@"
