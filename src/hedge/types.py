@@ -12,12 +12,21 @@ import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 Role = Literal["system", "developer", "user", "assistant", "tool"]
 FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "error"]
 
 _FUNCTION_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class FieldError(ValueError):
+    """A rule across fields was broken. `path` (dotted, relative to the object whose validator
+    raised) names the field to blame, so the client's error points at the right `param`."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 class _Strict(BaseModel):
@@ -47,7 +56,7 @@ class ContentPart(BaseModel):
     @model_validator(mode="after")
     def _text_has_text(self) -> ContentPart:
         if self.type == "text" and not isinstance((self.model_extra or {}).get("text"), str):
-            raise ValueError("a content part of type 'text' needs a string field 'text'")
+            raise FieldError("text", "a content part of type 'text' needs a string field 'text'")
         return self
 
 
@@ -67,14 +76,17 @@ class Message(BaseModel):
     @model_validator(mode="after")
     def _role_rules(self) -> Message:
         if self.role == "tool" and not self.tool_call_id:
-            raise ValueError("a message with role 'tool' needs 'tool_call_id'")
+            raise FieldError(
+                "tool_call_id",
+                "a message with role 'tool' needs the 'id' of the tool call it answers",
+            )
         if self.role == "assistant":
             if self.content is None and not self.tool_calls:
-                raise ValueError("an assistant message needs 'content' or 'tool_calls'")
+                raise FieldError("content", "an assistant message needs 'content' or 'tool_calls'")
         elif self.content is None:
-            raise ValueError(f"a message with role '{self.role}' needs 'content'")
+            raise FieldError("content", f"a message with role '{self.role}' needs 'content'")
         if self.tool_calls is not None and self.role != "assistant":
-            raise ValueError("only assistant messages may carry 'tool_calls'")
+            raise FieldError("tool_calls", "only assistant messages may carry 'tool_calls'")
         return self
 
     def text(self) -> str:
@@ -97,8 +109,10 @@ class FunctionDef(_Strict):
     @model_validator(mode="after")
     def _valid_name(self) -> FunctionDef:
         if not _FUNCTION_NAME.match(self.name):
-            raise ValueError(
-                "function names must be 1-64 characters of letters, digits, '_' or '-'"
+            raise FieldError(
+                "name",
+                "function names must be 1-64 characters of letters, digits, '_' or '-' "
+                f"(got {self.name!r})",
             )
         return self
 
@@ -134,7 +148,9 @@ class ResponseFormat(_Strict):
     @model_validator(mode="after")
     def _schema_when_needed(self) -> ResponseFormat:
         if self.type == "json_schema" and self.json_schema is None:
-            raise ValueError("response_format of type 'json_schema' needs a 'json_schema' object")
+            raise FieldError(
+                "json_schema", "response_format of type 'json_schema' needs a 'json_schema' object"
+            )
         return self
 
 
@@ -145,6 +161,15 @@ class StreamOptions(_Strict):
 Temperature = Annotated[float, Field(ge=0, le=2)]
 Penalty = Annotated[float, Field(ge=-2, le=2)]
 PositiveInt = Annotated[int, Field(ge=1)]
+
+
+def _token_id(key: str) -> str:
+    if not key.isascii() or not key.isdigit():
+        raise ValueError('logit_bias keys must be token ids written as strings, such as "50256"')
+    return key
+
+
+TokenId = Annotated[str, AfterValidator(_token_id)]
 
 
 class ChatRequest(BaseModel):
@@ -174,7 +199,7 @@ class ChatRequest(BaseModel):
     response_format: ResponseFormat | None = None
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
-    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
+    logit_bias: dict[TokenId, Annotated[float, Field(ge=-100, le=100)]] | None = None
     logprobs: bool | None = None
     top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
     user: str | None = None
@@ -183,18 +208,23 @@ class ChatRequest(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> ChatRequest:
         if self.stream_options is not None and not self.stream:
-            raise ValueError("'stream_options' is only allowed when 'stream' is true")
+            raise FieldError(
+                "stream_options", "'stream_options' is only allowed when 'stream' is true"
+            )
         if isinstance(self.tool_choice, ToolChoiceFunction):
-            names = {t.function.name for t in self.tools or ()}
+            names = sorted({t.function.name for t in self.tools or ()})
             if self.tool_choice.function.name not in names:
-                raise ValueError(
-                    f"tool_choice names function '{self.tool_choice.function.name}', "
-                    "which is not among 'tools'"
+                raise FieldError(
+                    "tool_choice",
+                    f"names function '{self.tool_choice.function.name}', which is not among "
+                    f"'tools' ({', '.join(names) or 'none given'})",
                 )
         elif self.tool_choice in ("auto", "required") and not self.tools:
-            raise ValueError(f"tool_choice '{self.tool_choice}' needs a non-empty 'tools' list")
+            raise FieldError(
+                "tool_choice", f"tool_choice '{self.tool_choice}' needs a non-empty 'tools' list"
+            )
         if self.top_logprobs is not None and not self.logprobs:
-            raise ValueError("'top_logprobs' needs 'logprobs' set to true")
+            raise FieldError("top_logprobs", "'top_logprobs' needs 'logprobs' set to true")
         return self
 
     @property

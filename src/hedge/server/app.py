@@ -9,10 +9,18 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from hedge.errors import HedgeError, MethodNotAllowed, NotFound
+from hedge.errors import HedgeError, MethodNotAllowed, ModelNotFound, NotFound
 from hedge.gateway import Gateway
 from hedge.server import openai_api
-from hedge.server.asgi import ClientGone, Receive, Scope, Send, send_error, send_json
+from hedge.server.asgi import (
+    ClientGone,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    send_error,
+    send_json,
+)
 
 log = logging.getLogger("hedge.server")
 
@@ -22,7 +30,10 @@ class HedgeApp:
         self.gateway = gateway
         self._max_body = gateway.config.server.max_body_bytes
         self._wait = wait_for_models
-        self._models_payload = {"object": "list", "data": [self._model_card(r) for r in gateway.routes]}
+        self._models_payload = {
+            "object": "list",
+            "data": [self._model_card(r) for r in gateway.routes],
+        }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -50,7 +61,7 @@ class HedgeApp:
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = False
 
-        async def tracked_send(message: dict[str, Any]) -> None:
+        async def tracked_send(message: Message) -> None:
             nonlocal started
             started = True
             await send(message)
@@ -91,7 +102,11 @@ class HedgeApp:
             _allow(method, "GET", path)
             name = path.removeprefix("/v1/models/")
             if name not in self.gateway.routes:
-                raise NotFound(f"The model '{name}' does not exist on this gateway.", param="model")
+                raise ModelNotFound(
+                    f"The model '{name}' does not exist on this gateway. "
+                    f"Available models: {', '.join(sorted(self.gateway.routes))}.",
+                    param="model",
+                )
             await send_json(send, 200, self._model_card(name))
         elif path == "/healthz":
             await send_json(send, 200, {"status": "ok"})

@@ -47,7 +47,7 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
         except ValueError:
             raise InvalidRequest("The Content-Length header is not a number.") from None
         if size > limit:
-            raise _too_large(size, limit)
+            raise _too_large(limit, size)
     parts: list[bytes] = []
     total = 0
     while True:
@@ -58,15 +58,16 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
         if chunk:
             total += len(chunk)
             if total > limit:
-                raise _too_large(total, limit)
+                raise _too_large(limit)
             parts.append(chunk)
         if not message.get("more_body", False):
             return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-def _too_large(size: int, limit: int) -> PayloadTooLarge:
+def _too_large(limit: int, declared: int | None = None) -> PayloadTooLarge:
+    size = "" if declared is None else f" ({declared} bytes)"
     return PayloadTooLarge(
-        f"The request body ({size} bytes or more) exceeds this gateway's limit of {limit} bytes "
+        f"The request body{size} exceeds this gateway's limit of {limit} bytes "
         "(server.max_body_bytes). Send a smaller request or raise the limit."
     )
 

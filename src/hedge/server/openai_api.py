@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
+from hedge import types
 from hedge.config import format_path
 from hedge.errors import HedgeError, InvalidRequest
 from hedge.gateway import Gateway, Trace
@@ -27,7 +29,7 @@ from hedge.server.asgi import (
     read_body,
     send_bytes,
 )
-from hedge.types import ChatRequest, ChatResponse, Chunk, Usage
+from hedge.types import ChatRequest, ChatResponse, Chunk, FieldError, Usage
 
 
 def parse_chat_request(body: bytes) -> ChatRequest:
@@ -35,12 +37,7 @@ def parse_chat_request(body: bytes) -> ChatRequest:
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as e:
-        if not body.strip():
-            raise InvalidRequest("The request body is empty: send a JSON object.") from None
-        raise InvalidRequest(
-            f"The request body is not valid JSON ({e}). Send a JSON object encoded as UTF-8.",
-            code="invalid_json",
-        ) from None
+        raise InvalidRequest(_not_json(body, e), code="invalid_json") from None
     if not isinstance(data, dict):
         raise InvalidRequest(
             f"The request body must be a JSON object, not {_json_kind(data)}.", code="invalid_json"
@@ -52,53 +49,105 @@ def parse_chat_request(body: bytes) -> ChatRequest:
         raise InvalidRequest(message, param=param) from None
 
 
+def _not_json(body: bytes, error: orjson.JSONDecodeError) -> str:
+    if not body.strip():
+        return "The request body is empty: send a JSON object."
+    try:
+        body.decode()
+    except UnicodeDecodeError as u:
+        # orjson blames this on "surrogates", which tells a client nothing.
+        return (
+            f"The request body is not valid UTF-8 (byte 0x{body[u.start]:02x} at offset "
+            f"{u.start}). Encode the JSON as UTF-8."
+        )
+    return f"The request body is not valid JSON ({error}). Send a JSON object encoded as UTF-8."
+
+
+_KINDS: dict[type, str] = {
+    dict: "an object",
+    list: "an array",
+    str: "a string",
+    int: "a number",
+    float: "a number",
+    bool: "a boolean",
+}
+
+
 def _json_kind(value: Any) -> str:
-    return {list: "an array", str: "a string", int: "a number", float: "a number"}.get(
-        type(value), "null" if value is None else type(value).__name__
-    )
+    return "null" if value is None else _KINDS.get(type(value), type(value).__name__)
+
+
+# pydantic puts the union member it tried into an error's location: 'str', 'list[...]',
+# "literal['none',...]", 'function-after[...]', a model's class name, '[key]' for a dict key.
+_TYPE_LABELS = {"str", "int", "float", "bool", "none", "[key]"} | {
+    name
+    for name, obj in vars(types).items()
+    if isinstance(obj, type) and issubclass(obj, BaseModel)
+}
+_GENERIC_LABEL = re.compile(r"[\w-]+\[.*\]", re.DOTALL)
 
 
 def _is_branch_label(part: str | int) -> bool:
-    # pydantic puts the union member it tried into the error location ('str',
-    # 'list[...]', 'ToolChoiceFunction', "literal['none',...]"); field names are snake_case.
-    return isinstance(part, str) and (
-        not part.replace("_", "").isalnum() or part[0].isupper() or part in _TYPE_LABELS
-    )
+    return isinstance(part, str) and (part in _TYPE_LABELS or bool(_GENERIC_LABEL.fullmatch(part)))
 
 
-_TYPE_LABELS = {"str", "int", "float", "bool", "list", "dict", "none"}
+_REWORDED = {
+    "missing": "this field is required",
+    "extra_forbidden": "unknown field; remove it or check its spelling",
+    "model_type": "Input should be an object",
+    "model_attributes_type": "Input should be an object",
+    "dict_type": "Input should be an object",
+}
+_SHOW_INPUT = {
+    "literal_error",
+    "greater_than",
+    "greater_than_equal",
+    "less_than",
+    "less_than_equal",
+    "string_too_short",
+}
+_HINTS = {
+    ("float_type", str): "Send the number without quotes.",
+    ("int_type", str): "Send the number without quotes.",
+    ("int_type", float): "Send a whole number, such as 16.",
+    ("bool_type", str): "Send true or false, without quotes.",
+}
 
 
 def describe_validation(err: ValidationError) -> tuple[str, str | None]:
     """The first problem of a pydantic error, as a sentence and an OpenAI `param` path."""
     errors = err.errors(include_url=False)
 
-    def field_path(loc: tuple[str | int, ...]) -> tuple[str | int, ...]:
-        return tuple(p for p in loc if not _is_branch_label(p))
-
     def union_head(loc: tuple[str | int, ...]) -> tuple[str | int, ...]:
         cut = next((i for i, p in enumerate(loc) if _is_branch_label(p)), len(loc))
         return tuple(loc[:cut])
+
+    def reworded(e: Any) -> str:
+        text = _REWORDED.get(e["type"]) or str(e["msg"]).removeprefix("Value error, ")
+        return text.replace(" after validation", "")
 
     first = union_head(tuple(errors[0]["loc"]))
     group = [e for e in errors if union_head(tuple(e["loc"])) == first]
     # Within one union, the member that got furthest says the most; a type mismatch the least.
     group.sort(key=lambda e: (-len(e["loc"]), e["type"].endswith("_type")))
     best = group[0]
-    path = format_path(field_path(tuple(best["loc"])))
-    msg = str(best["msg"]).removeprefix("Value error, ")
-    if best["type"] == "missing":
-        msg = "this field is required"
-    elif best["type"] == "extra_forbidden":
-        msg = "unknown field; remove it or check its spelling"
-    elif best["type"].endswith("_type") and len(group) > 1:
-        kinds = sorted({str(e["msg"]).removeprefix("Input should be ") for e in group})
+    kind = best["type"]
+    loc = tuple(p for p in best["loc"] if not _is_branch_label(p))
+    blamed = (best.get("ctx") or {}).get("error")
+    if isinstance(blamed, FieldError):
+        loc += tuple(blamed.path.split("."))
+    msg = reworded(best)
+    peers = [e for e in group if len(e["loc"]) == len(best["loc"]) and e["type"].endswith("_type")]
+    if kind.endswith("_type") and len(peers) > 1:
+        kinds = sorted({reworded(e).removeprefix("Input should be ") for e in peers})
         msg = "Input should be " + " or ".join(kinds)
-    if best["type"].endswith("_type") or best["type"] == "literal_error":
-        msg += f" (got {_json_kind(best.get('input'))}: {_short(best.get('input'))})"
-    if path == "<top level>":
-        return (f"Invalid request body: {msg}.", None)
-    return (f"Invalid '{path}': {msg}.", path)
+    value = best.get("input")
+    if kind.endswith("_type") or kind in _SHOW_INPUT:
+        msg += f" (got {_json_kind(value)}: {_short(value)})"
+    hint = _HINTS.get((kind, type(value)))
+    path = format_path(loc)
+    text = f"Invalid request body: {msg}." if not loc else f"Invalid '{path}': {msg}."
+    return (f"{text} {hint}" if hint else text), (path if loc else None)
 
 
 def _short(value: Any) -> str:
@@ -136,7 +185,11 @@ def render_completion(response: ChatResponse, model: str, request_id: str) -> di
         message: dict[str, Any] = {"role": "assistant", "content": c.content}
         if c.tool_calls:
             message["tool_calls"] = [
-                {"id": t.id, "type": "function", "function": {"name": t.name, "arguments": t.arguments}}
+                {
+                    "id": t.id,
+                    "type": "function",
+                    "function": {"name": t.name, "arguments": t.arguments},
+                }
                 for t in c.tool_calls
             ]
         if c.reasoning is not None:
@@ -144,7 +197,12 @@ def render_completion(response: ChatResponse, model: str, request_id: str) -> di
         if c.refusal is not None:
             message["refusal"] = c.refusal
         choices.append(
-            {"index": c.index, "message": message, "finish_reason": c.finish_reason, "logprobs": None}
+            {
+                "index": c.index,
+                "message": message,
+                "finish_reason": c.finish_reason,
+                "logprobs": None,
+            }
         )
     return {
         "id": request_id,
@@ -171,31 +229,38 @@ class ChunkRenderer:
         self._started: set[int] = set()
 
     def event(self, chunk: Chunk) -> bytes | None:
-        if chunk.usage is not None and chunk.content is None and chunk.finish_reason is None:
-            if not self._include_usage:
-                return None
-            payload: dict[str, Any] = {
-                **self._head, "choices": [], "usage": render_usage(chunk.usage)
-            }
-            return b"data: " + orjson.dumps(payload) + b"\n\n"
+        """The SSE bytes for one chunk: its delta, then its usage (when asked for), or None."""
         delta: dict[str, Any] = {}
-        if chunk.index not in self._started:
-            # OpenAI opens every choice with the role; some clients rely on it.
-            self._started.add(chunk.index)
-            delta["role"] = "assistant"
         if chunk.content is not None:
             delta["content"] = chunk.content
         if chunk.reasoning is not None:
             delta["reasoning_content"] = chunk.reasoning
         if chunk.tool_calls:
             delta["tool_calls"] = [_tool_delta(t) for t in chunk.tool_calls]
-        if not delta and chunk.finish_reason is None:
-            return None
-        choice = {"index": chunk.index, "delta": delta, "finish_reason": chunk.finish_reason, "logprobs": None}
-        payload = {**self._head, "choices": [choice]}
-        if self._include_usage:
-            payload["usage"] = None
-        return b"data: " + orjson.dumps(payload) + b"\n\n"
+        out = b""
+        if delta or chunk.finish_reason is not None or chunk.role is not None:
+            if chunk.index not in self._started:
+                # OpenAI opens every choice with the role; some clients rely on it.
+                self._started.add(chunk.index)
+                delta = {"role": "assistant", **delta}
+            if delta or chunk.finish_reason is not None:
+                choice = {
+                    "index": chunk.index,
+                    "delta": delta,
+                    "finish_reason": chunk.finish_reason,
+                    "logprobs": None,
+                }
+                payload: dict[str, Any] = {**self._head, "choices": [choice]}
+                if self._include_usage:
+                    payload["usage"] = None
+                out += _sse(payload)
+        if chunk.usage is not None and self._include_usage:
+            out += _sse({**self._head, "choices": [], "usage": render_usage(chunk.usage)})
+        return out or None
+
+
+def _sse(payload: dict[str, Any]) -> bytes:
+    return b"data: " + orjson.dumps(payload) + b"\n\n"
 
 
 def _tool_delta(t: Any) -> dict[str, Any]:
@@ -214,7 +279,7 @@ def _tool_delta(t: Any) -> dict[str, Any]:
 
 
 def error_event(error: HedgeError) -> bytes:
-    return b"data: " + orjson.dumps(error.body()) + b"\n\n"
+    return _sse(error.body())
 
 
 DONE = b"data: [DONE]\n\n"
@@ -259,7 +324,11 @@ async def _stream_out(
 ) -> None:
     renderer = ChunkRenderer(request.model, trace.request_id, request.wants_usage_in_stream)
     await send(
-        {"type": "http.response.start", "status": 200, "headers": [*SSE_HEADERS, *trace_headers(trace)]}
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [*SSE_HEADERS, *trace_headers(trace)],
+        }
     )
     watcher = asyncio.create_task(_wait_disconnect(receive))
     body = {"type": "http.response.body", "body": b"", "more_body": True}
