@@ -8,6 +8,7 @@ what to do about it; unknown keys, wrong types and dangling references are all r
 from __future__ import annotations
 
 import os
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -16,7 +17,9 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from hedge.catalog import COUNTRY_CODES, Catalog, load_catalog
 from hedge.errors import ConfigError
+from hedge.policy import Policy, Rules
 
 Hosting = Literal["self-hosted", "hosted"]
 DEFAULT_CONFIG_NAME = "hedge.yaml"
@@ -55,7 +58,14 @@ class SamplingDefaults(_Strict):
 
 class _DeploymentBase(_Strict):
     model: str | None = Field(default=None, description="catalog model id")
+    model_version: str | None = Field(
+        default=None, description="the served build, for policies that pin versions"
+    )
     hosting: Hosting
+    operator: str | None = Field(default=None, description="who runs the servers")
+    operator_jurisdiction: str | None = Field(
+        default=None, description="ISO 3166-1 alpha-2 country of the operator"
+    )
     region: str | None = None
     prices: Prices = Prices()
     defaults: SamplingDefaults = SamplingDefaults()
@@ -131,6 +141,7 @@ DEPLOYMENT_KINDS = ("embedded", "openai_compat", "anthropic")
 
 class Route(_Strict):
     deployments: Annotated[list[str], Field(min_length=1)]
+    policies: list[str] = Field(default_factory=list)
     description: str | None = None
 
 
@@ -151,16 +162,22 @@ class ServerSettings(_Strict):
 
 class HedgeConfig(_Strict):
     server: ServerSettings = ServerSettings()
+    models: list[dict[str, Any]] = Field(
+        default_factory=list, description="catalog records added to the shipped catalog"
+    )
+    policies: dict[str, Policy] = Field(default_factory=dict)
     deployments: dict[str, Deployment]
     routes: dict[str, Route]
 
 
 @dataclass(frozen=True)
 class Settings:
-    """What the running gateway is built from: the validated config plus resolved secrets."""
+    """What the running gateway is built from: the validated config, the catalog it refers to,
+    and resolved secrets."""
 
     config: HedgeConfig
     source: str
+    catalog: Catalog
     secrets: dict[str, str] = field(default_factory=dict, repr=False)
     warnings: tuple[str, ...] = ()
 
@@ -220,12 +237,22 @@ def parse(text: str, source: str, environ: dict[str, str] | None = None) -> Sett
     problems = _dangling_references(cfg)
     if problems:
         raise ConfigError(_join(source, [(path, msg, _line(node, path)) for path, msg in problems]))
+    catalog = load_catalog(cfg.models, user_file=source)
+    problems = _catalog_references(cfg, catalog)
+    if problems:
+        raise ConfigError(_join(source, [(path, msg, _line(node, path)) for path, msg in problems]))
     secrets, warnings = _resolve_secrets(cfg, env)
-    return Settings(config=cfg, source=source, secrets=secrets, warnings=tuple(warnings))
+    return Settings(
+        config=cfg, source=source, catalog=catalog, secrets=secrets, warnings=tuple(warnings)
+    )
 
 
-def _dangling_references(cfg: HedgeConfig) -> list[tuple[tuple[str | int, ...], str]]:
-    problems: list[tuple[tuple[str | int, ...], str]] = []
+Path_ = tuple[str | int, ...]
+Problem = tuple[Path_, str]
+
+
+def _dangling_references(cfg: HedgeConfig) -> list[Problem]:
+    problems: list[Problem] = []
     known = sorted(cfg.deployments)
     for name, route in cfg.routes.items():
         seen: set[str] = set()
@@ -244,6 +271,64 @@ def _dangling_references(cfg: HedgeConfig) -> list[tuple[tuple[str | int, ...], 
             seen.add(dep)
     if not cfg.routes:
         problems.append((("routes",), "no routes: define at least one route."))
+    return problems
+
+
+def _catalog_references(cfg: HedgeConfig, catalog: Catalog) -> list[Problem]:
+    """Everything in the config that names a catalog model, a licence, a country or a policy
+    must name one that exists: a typo in a compliance rule must not pass silently."""
+    problems: list[Problem] = []
+
+    def known(path: Path_, value: str, table: Collection[str], what: str, fix: str) -> None:
+        if value not in table:
+            hint = ", ".join(sorted(table)) if len(table) <= 40 else f"{len(table)} known"
+            problems.append((path, f"unknown {what} '{value}' ({hint}). Fix: {fix}."))
+
+    model_fix = "use a catalog id (hedge models) or add the model under 'models:'"
+    for name, dep in cfg.deployments.items():
+        if dep.model is not None:
+            known(("deployments", name, "model"), dep.model, catalog.models, "model", model_fix)
+        if dep.operator_jurisdiction is not None:
+            known(
+                ("deployments", name, "operator_jurisdiction"),
+                dep.operator_jurisdiction,
+                COUNTRY_CODES,
+                "country",
+                "use an ISO 3166-1 alpha-2 code such as DE or US",
+            )
+    for pname, policy in cfg.policies.items():
+        scopes: list[tuple[Path_, Rules]] = [(("policies", pname), policy)]
+        scopes += [
+            (("policies", pname, "data_classes", c), r) for c, r in policy.data_classes.items()
+        ]
+        for base, rules in scopes:
+            for key, table, what, fix in (
+                ("licences", catalog.licences, "licence", "use a licence id from the catalog"),
+                ("origins", COUNTRY_CODES, "country", "use an ISO 3166-1 alpha-2 code"),
+                (
+                    "operator_jurisdictions",
+                    COUNTRY_CODES,
+                    "country",
+                    "use an ISO 3166-1 alpha-2 code",
+                ),
+            ):
+                rule = getattr(rules, key)
+                if rule is None:
+                    continue
+                for side in ("allow", "deny"):
+                    for i, value in enumerate(getattr(rule, side) or ()):
+                        known((*base, key, side, i), value, table, what, fix)
+            for model_id in rules.pins:
+                known((*base, "pins", model_id), model_id, catalog.models, "model", model_fix)
+    for rname, route in cfg.routes.items():
+        for i, pname in enumerate(route.policies):
+            known(
+                ("routes", rname, "policies", i),
+                pname,
+                cfg.policies,
+                "policy",
+                "define it under 'policies' or remove it from the route",
+            )
     return problems
 
 

@@ -27,6 +27,9 @@ class HedgeError(Exception):
         if code is not None:
             self.code = code
         self.headers = headers or {}
+        # Fields added to the error object beside OpenAI's four (clients ignore what they
+        # do not know), e.g. the list of policy refusals.
+        self.details: dict[str, object] = {}
 
     def body(self) -> dict[str, object]:
         return {
@@ -35,6 +38,7 @@ class HedgeError(Exception):
                 "type": self.type,
                 "code": self.code,
                 "param": self.param,
+                **self.details,
             }
         }
 
@@ -69,6 +73,12 @@ class PermissionDenied(HedgeError):
     status = 403
     type = "permission_error"
     code = "permission_denied"
+
+
+class PolicyRefused(PermissionDenied):
+    """Every deployment of the route was refused by policy; nothing was sent upstream."""
+
+    code = "policy_refused"
 
 
 class NotFound(HedgeError):

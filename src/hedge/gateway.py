@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hedge import policy
 from hedge.backends.base import Backend
 from hedge.backends.http import HttpPool
 from hedge.config import (
@@ -25,11 +26,14 @@ from hedge.config import (
 from hedge.errors import (
     AllAttemptsFailed,
     HedgeError,
+    InvalidRequest,
     ModelNotFound,
     NotReady,
+    PolicyRefused,
     Unsupported,
     UpstreamError,
 )
+from hedge.provenance import all_provenance
 from hedge.types import ChatRequest, ChatResponse, Chunk, Usage
 
 
@@ -39,6 +43,15 @@ class Attempt:
     seconds: float
     error: str | None = None
     usage: Usage | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who is asking and under which extra constraints: policies added by the request (or,
+    later, its API key) and the request's data class. These can only narrow a route."""
+
+    policies: tuple[str, ...] = ()
+    data_class: str | None = None
 
 
 @dataclass(slots=True)
@@ -51,16 +64,11 @@ class Trace:
     attempts: list[Attempt] = field(default_factory=list)
     upstream_seconds: float = 0.0
     answered_by: str | None = None
+    plan: policy.Plan | None = None
 
     def overhead_ms(self) -> float:
         """Wall time spent in the gateway itself, excluding time waiting on upstreams."""
         return max(0.0, (time.perf_counter() - self.started - self.upstream_seconds) * 1000)
-
-
-@dataclass(frozen=True, slots=True)
-class Refusal:
-    deployment: str
-    reason: str
 
 
 def build_backends(settings: Settings, pool: HttpPool) -> dict[str, Backend]:
@@ -85,21 +93,37 @@ def build_backends(settings: Settings, pool: HttpPool) -> dict[str, Backend]:
 
 
 class Gateway:
-    def __init__(self, config: HedgeConfig, backends: dict[str, Backend], pool: HttpPool) -> None:
+    def __init__(
+        self,
+        config: HedgeConfig,
+        backends: dict[str, Backend],
+        pool: HttpPool,
+        provenance: dict[str, policy.Provenance],
+    ) -> None:
         self.config = config
         self.backends = backends
+        self.provenance = provenance
         self._pool = pool
         # Routes resolve to backends once, at start-up, not per request.
         self.routes: dict[str, tuple[Backend, ...]] = {
             name: tuple(backends[d] for d in route.deployments)
             for name, route in config.routes.items()
         }
+        self.data_classes = frozenset(c for p in config.policies.values() for c in p.data_classes)
+        # Policy evaluation is pure, and its inputs are configured names only: each distinct
+        # (route, policies, data class) is planned once and then reused.
+        self._plans: dict[tuple[str, tuple[str, ...], str | None], policy.Plan] = {}
         self._tasks: list[asyncio.Task[None]] = []
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Gateway:
         pool = HttpPool()
-        return cls(settings.config, build_backends(settings, pool), pool)
+        return cls(
+            settings.config,
+            build_backends(settings, pool),
+            pool,
+            all_provenance(settings.config, settings.catalog),
+        )
 
     async def start(self, wait: bool = False) -> None:
         """Start every backend. Model loading runs in the background unless `wait`, so the
@@ -115,7 +139,39 @@ class Gateway:
             await backend.aclose()
         await self._pool.aclose()
 
-    def plan(self, request: ChatRequest) -> list[Backend]:
+    def policy_plan(self, route: str, caller: Caller = Caller()) -> policy.Plan:
+        """The route's deployments that its policies and the caller's admit (cached)."""
+        key = (route, caller.policies, caller.data_class)
+        found = self._plans.get(key)
+        if found is None:
+            for name in caller.policies:
+                if name not in self.config.policies:
+                    raise InvalidRequest(
+                        f"Unknown policy '{name}' (known: "
+                        f"{', '.join(sorted(self.config.policies)) or 'none'}).",
+                        param="X-Hedge-Policy",
+                    )
+            if caller.data_class is not None and caller.data_class not in self.data_classes:
+                raise InvalidRequest(
+                    f"Unknown data class '{caller.data_class}' (known: "
+                    f"{', '.join(sorted(self.data_classes)) or 'none'}): a data class must be "
+                    "one that a configured policy has rules for.",
+                    param="X-Hedge-Data-Class",
+                )
+            names = (*self.config.routes[route].policies, *caller.policies)
+            unique = tuple(dict.fromkeys(names))
+            found = policy.plan(
+                route,
+                [self.provenance[b.name] for b in self.routes[route]],
+                [(n, self.config.policies[n]) for n in unique],
+                caller.data_class,
+            )
+            self._plans[key] = found
+        return found
+
+    def plan(
+        self, request: ChatRequest, caller: Caller = Caller(), trace: Trace | None = None
+    ) -> list[Backend]:
         """The deployments to try for this request, in order. Raises when there are none,
         with every deployment's reason."""
         route = self.routes.get(request.model)
@@ -125,28 +181,48 @@ class Gateway:
                 f"Available models: {', '.join(sorted(self.routes))}.",
                 param="model",
             )
+        allowed = self.policy_plan(request.model, caller)
+        if trace is not None:
+            trace.plan = allowed
+        if not allowed.admitted:
+            error = PolicyRefused(
+                f"Policy refuses every deployment of model '{request.model}': "
+                + "; ".join(str(r) for r in allowed.refusals)
+            )
+            error.details["refusals"] = [
+                {"deployment": r.deployment, "policy": r.policy, "rule": r.rule, "reason": r.reason}
+                for r in allowed.refusals
+            ]
+            raise error
         admitted: list[Backend] = []
-        refusals: list[Refusal] = []
-        for backend in route:
+        reasons: list[str] = []
+        for name in allowed.admitted:
+            backend = self.backends[name]
             state = backend.status()
             if state.state in ("unavailable", "failed"):
-                refusals.append(Refusal(backend.name, f"{state.state}: {state.detail}"))
+                reasons.append(f"{name}: {state.state}: {state.detail}")
             elif (why := backend.unsupported(request)) is not None:
-                refusals.append(Refusal(backend.name, why))
+                reasons.append(f"{name}: {why}")
             else:
                 admitted.append(backend)
         if admitted:
             return admitted
-        reasons = "; ".join(f"{r.deployment}: {r.reason}" for r in refusals)
-        if all(b.status().state in ("unavailable", "failed") for b in route):
-            raise NotReady(f"No deployment of model '{request.model}' is available ({reasons}).")
+        reasons_text = "; ".join(reasons)
+        if all(
+            self.backends[n].status().state in ("unavailable", "failed") for n in allowed.admitted
+        ):
+            raise NotReady(
+                f"No deployment of model '{request.model}' is available ({reasons_text})."
+            )
         raise Unsupported(
-            f"No deployment of model '{request.model}' can serve this request ({reasons})."
+            f"No deployment of model '{request.model}' can serve this request ({reasons_text})."
         )
 
-    async def chat(self, request: ChatRequest, trace: Trace) -> ChatResponse:
+    async def chat(
+        self, request: ChatRequest, trace: Trace, caller: Caller = Caller()
+    ) -> ChatResponse:
         last: HedgeError | None = None
-        for backend in self.plan(request):
+        for backend in self.plan(request, caller, trace):
             t0 = time.perf_counter()
             try:
                 response = await backend.complete(request)
@@ -164,11 +240,13 @@ class Gateway:
             return response
         raise _all_failed(trace, last)
 
-    async def stream(self, request: ChatRequest, trace: Trace) -> AsyncIterator[Chunk]:
+    async def stream(
+        self, request: ChatRequest, trace: Trace, caller: Caller = Caller()
+    ) -> AsyncIterator[Chunk]:
         """Returns once a deployment has produced its first chunk: until then, failures move
         on to the next deployment without the client seeing anything."""
         last: HedgeError | None = None
-        for backend in self.plan(request):
+        for backend in self.plan(request, caller, trace):
             t0 = time.perf_counter()
             chunks = aiter(backend.stream(request))
             try:

@@ -116,10 +116,8 @@ def violations(p: Provenance, rules: Rules) -> Iterable[tuple[str, str]]:
     if rules.commercial_use is not None:
         ok = ("yes",) if rules.commercial_use == "yes" else ("yes", "conditions")
         if p.commercial_use not in ok:
-            yield (
-                "commercial_use",
-                f"licence {p.licence or '?'} allows commercial use: {p.commercial_use or 'unknown'}",
-            )
+            allowed = p.commercial_use or "unknown"
+            yield "commercial_use", f"licence {p.licence or '?'} allows commercial use: {allowed}"
     if rules.open_weights and p.open_weights is not True:
         yield (
             "open_weights",

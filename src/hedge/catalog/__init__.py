@@ -451,7 +451,7 @@ class _Loader:
             self._parse(cls, additions, self.user_file, [], context, records, taken)
         return records
 
-    def _parse(  # noqa: PLR0917 - private, called twice above
+    def _parse(
         self,
         cls: type[_R],
         raw_records: list[Any],

@@ -28,7 +28,7 @@ log = logging.getLogger("hedge.server")
 class HedgeApp:
     def __init__(self, gateway: Gateway, *, wait_for_models: bool = False) -> None:
         self.gateway = gateway
-        self._max_body = gateway.config.server.max_body_bytes
+        self._chat = openai_api.ChatCompletions(gateway, gateway.config.server.max_body_bytes)
         self._wait = wait_for_models
         self._models_payload = {
             "object": "list",
@@ -94,7 +94,7 @@ class HedgeApp:
         method: str = scope["method"]
         if path == "/v1/chat/completions":
             _allow(method, "POST", path)
-            await openai_api.chat_completions(self.gateway, scope, receive, send, self._max_body)
+            await self._chat(scope, receive, send)
         elif path == "/v1/models":
             _allow(method, "GET", path)
             await send_json(send, 200, self._models_payload)
@@ -117,14 +117,29 @@ class HedgeApp:
             raise NotFound(f"No such endpoint: {method} {path}.")
 
     def _model_card(self, route: str) -> dict[str, Any]:
+        """A route as OpenAI's model object, plus what its own policies admit and refuse."""
         cfg = self.gateway.config.routes[route]
+        plan = self.gateway.policy_plan(route)
+        provenance = self.gateway.provenance
         return {
             "id": route,
             "object": "model",
             "created": 0,
             "owned_by": "hedge",
             "description": cfg.description,
-            "deployments": list(cfg.deployments),
+            "policies": list(plan.policies),
+            "deployments": [
+                {
+                    "name": name,
+                    "model": provenance[name].model,
+                    "licence": provenance[name].licence,
+                    "origin": provenance[name].origin,
+                    "hosting": provenance[name].hosting,
+                    "operator_jurisdiction": provenance[name].operator_jurisdiction,
+                }
+                for name in plan.admitted
+            ],
+            "refused": [str(r) for r in plan.refusals],
         }
 
     def readiness(self) -> tuple[int, dict[str, Any]]:

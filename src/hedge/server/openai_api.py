@@ -19,13 +19,15 @@ from pydantic import BaseModel, ValidationError
 from hedge import types
 from hedge.config import format_path
 from hedge.errors import HedgeError, InvalidRequest
-from hedge.gateway import Gateway, Trace
+from hedge.gateway import Caller, Gateway, Trace
+from hedge.policy import Provenance
 from hedge.server.asgi import (
     JSON_HEADERS,
     SSE_HEADERS,
     Receive,
     Scope,
     Send,
+    header,
     read_body,
     send_bytes,
 )
@@ -289,45 +291,92 @@ DONE = b"data: [DONE]\n\n"
 
 
 def trace_headers(trace: Trace) -> list[tuple[bytes, bytes]]:
-    return [
+    headers = [
         (b"x-request-id", trace.request_id.encode()),
         (b"x-hedge-deployment", (trace.answered_by or "").encode()),
         (b"x-hedge-attempts", str(len(trace.attempts) or 1).encode()),
         (b"x-hedge-overhead-ms", f"{trace.overhead_ms():.3f}".encode()),
     ]
+    if trace.plan is not None:
+        headers.append((b"x-hedge-policies", ",".join(trace.plan.policies).encode()))
+        refused = sorted({r.deployment for r in trace.plan.refusals})
+        headers.append((b"x-hedge-refused", ",".join(refused).encode()))
+    return headers
 
 
-async def chat_completions(
-    gateway: Gateway, scope: Scope, receive: Receive, send: Send, max_body: int
-) -> Trace:
-    body = await read_body(scope, receive, max_body)
-    request = parse_chat_request(body)
-    trace = Trace(route=request.model)
-    try:
-        if not request.stream:
-            response = await gateway.chat(request, trace)
-            payload = orjson.dumps(render_completion(response, request.model, trace.request_id))
-            await send_bytes(send, 200, payload, [*JSON_HEADERS, *trace_headers(trace)])
-            return trace
-        chunks = await gateway.stream(request, trace)
-    except HedgeError as e:
-        e.headers.setdefault("x-request-id", trace.request_id)
-        if trace.attempts:
-            e.headers.setdefault("x-hedge-attempts", str(len(trace.attempts)))
-        raise
-    await _stream_out(chunks, request, trace, receive, send)
-    return trace
+def provenance_headers(p: Provenance) -> list[tuple[bytes, bytes]]:
+    """What a client (and its auditors) may want to know about the deployment that answered."""
+    facts = {
+        b"x-hedge-model": p.model,
+        b"x-hedge-model-version": p.model_version,
+        b"x-hedge-licence": p.licence,
+        b"x-hedge-origin": p.origin,
+        b"x-hedge-hosting": p.hosting,
+        b"x-hedge-operator": p.operator,
+        b"x-hedge-operator-jurisdiction": p.operator_jurisdiction,
+    }
+    return [(k, (v or "unknown").encode()) for k, v in facts.items()]
+
+
+def caller_of(scope: Scope) -> Caller:
+    """The narrowing a request asks for in its headers: more policies, a data class."""
+    policies = header(scope, b"x-hedge-policy")
+    data_class = header(scope, b"x-hedge-data-class")
+    return Caller(
+        policies=tuple(
+            p.strip() for p in (policies or b"").decode("latin-1").split(",") if p.strip()
+        ),
+        data_class=data_class.decode("latin-1").strip() or None if data_class else None,
+    )
+
+
+class ChatCompletions:
+    """POST /v1/chat/completions."""
+
+    def __init__(self, gateway: Gateway, max_body: int) -> None:
+        self.gateway = gateway
+        self.max_body = max_body
+        # Constant per deployment: encoded once, not per response.
+        self.provenance = {name: provenance_headers(p) for name, p in gateway.provenance.items()}
+
+    def headers(self, trace: Trace) -> list[tuple[bytes, bytes]]:
+        return [*trace_headers(trace), *self.provenance.get(trace.answered_by or "", ())]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> Trace:
+        body = await read_body(scope, receive, self.max_body)
+        request = parse_chat_request(body)
+        trace = Trace(route=request.model)
+        caller = caller_of(scope)
+        try:
+            if not request.stream:
+                response = await self.gateway.chat(request, trace, caller)
+                payload = orjson.dumps(render_completion(response, request.model, trace.request_id))
+                await send_bytes(send, 200, payload, [*JSON_HEADERS, *self.headers(trace)])
+                return trace
+            chunks = await self.gateway.stream(request, trace, caller)
+        except HedgeError as e:
+            e.headers.setdefault("x-request-id", trace.request_id)
+            if trace.attempts:
+                e.headers.setdefault("x-hedge-attempts", str(len(trace.attempts)))
+            raise
+        await _stream_out(chunks, request, trace, self.headers(trace), receive, send)
+        return trace
 
 
 async def _stream_out(
-    chunks: AsyncIterator[Chunk], request: ChatRequest, trace: Trace, receive: Receive, send: Send
+    chunks: AsyncIterator[Chunk],
+    request: ChatRequest,
+    trace: Trace,
+    headers: list[tuple[bytes, bytes]],
+    receive: Receive,
+    send: Send,
 ) -> None:
     renderer = ChunkRenderer(request.model, trace.request_id, request.wants_usage_in_stream)
     await send(
         {
             "type": "http.response.start",
             "status": 200,
-            "headers": [*SSE_HEADERS, *trace_headers(trace)],
+            "headers": [*SSE_HEADERS, *headers],
         }
     )
     watcher = asyncio.create_task(_wait_disconnect(receive))
