@@ -6,7 +6,9 @@ test reads its hit log directly. Behaviours (the `model` field of the request):
 - `echo` (or anything unknown): answers "echo: <last user text>"; with tools, calls the first.
 - `fail-<status>`: answers that HTTP status with an OpenAI error body; `fail-429` sends
   Retry-After: 1.
-- `slow-<seconds>`: waits, then echoes.
+- `slow-<seconds>`: waits, then echoes (quietly gives up if the client left meanwhile).
+- `stall-<seconds>`: sends the response head (and, on a stream, the first event) at once, then
+  waits before sending the rest: a server whose head is quick but whose answer is not.
 - `cut-stream`: streams a few chunks, then drops the connection without finishing.
 - `no-done`: streams a complete answer but never sends `data: [DONE]`.
 - `not-json`: answers 200 with a body that is not JSON.
@@ -88,24 +90,28 @@ async def _handle(fake: FakeOpenAI, request: web.Request) -> web.StreamResponse:
         )
     if model.startswith("slow-"):
         await asyncio.sleep(float(model.removeprefix("slow-")))
+        if request.transport is None or request.transport.is_closing():
+            return web.Response(status=499)  # the client gave up; nobody reads this
     if model == "not-json":
         return web.Response(text="<html>oops</html>", content_type="text/html")
     text, calls, finish = _answer(body)
     created = int(time.time())
+    stall = float(model.removeprefix("stall-")) if model.startswith("stall-") else 0.0
     if not body.get("stream"):
         message: dict[str, Any] = {"role": "assistant", "content": text}
         if calls:
             message["tool_calls"] = calls
-        return web.json_response(
-            {
-                "id": "chatcmpl-fake",
-                "object": "chat.completion",
-                "created": created,
-                "model": model,
-                "choices": [{"index": 0, "message": message, "finish_reason": finish}],
-                "usage": _usage(body, text),
-            }
-        )
+        completion = {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion",
+            "created": created,
+            "model": model,
+            "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+            "usage": _usage(body, text),
+        }
+        if not stall:
+            return web.json_response(completion)
+        return await _stalled_json(request, json.dumps(completion).encode(), stall)
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
     await resp.prepare(request)
 
@@ -121,6 +127,10 @@ async def _handle(fake: FakeOpenAI, request: web.Request) -> web.StreamResponse:
     await event(
         {**head, "choices": [{"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}]}
     )
+    if stall:
+        await asyncio.sleep(stall)
+        if request.transport is None or request.transport.is_closing():
+            return resp
     if calls:
         await event(
             {
@@ -188,6 +198,19 @@ async def _handle(fake: FakeOpenAI, request: web.Request) -> web.StreamResponse:
     return resp
 
 
+async def _stalled_json(request: web.Request, payload: bytes, stall: float) -> web.StreamResponse:
+    """The head and the first bytes of a JSON body at once, the rest after `stall` seconds."""
+    resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+    resp.content_length = len(payload)
+    await resp.prepare(request)
+    await resp.write(payload[:10])
+    await asyncio.sleep(stall)
+    with contextlib.suppress(ConnectionError):
+        await resp.write(payload[10:])
+        await resp.write_eof()
+    return resp
+
+
 @contextlib.contextmanager
 def fake_openai() -> Iterator[FakeOpenAI]:
     """Run the fake on a free loopback port in a background thread."""
@@ -198,7 +221,11 @@ def fake_openai() -> Iterator[FakeOpenAI]:
 
     async def start() -> None:
         app = web.Application()
-        app.router.add_post("/v1/chat/completions", lambda r: _handle(fake, r))
+
+        async def handle(request: web.Request) -> web.StreamResponse:
+            return await _handle(fake, request)
+
+        app.router.add_post("/v1/chat/completions", handle)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)

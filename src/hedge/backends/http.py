@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import math
 import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -52,7 +53,7 @@ class HttpPool:
             self._session = None
 
 
-async def post_json(
+async def post_json(  # noqa: PLR0917 - shared by every HTTP backend, called positionally
     pool: HttpPool,
     deployment: str,
     url: str,
@@ -95,6 +96,24 @@ async def post_json(
     return resp
 
 
+async def read_response(resp: aiohttp.ClientResponse, deployment: str, seconds: float) -> bytes:
+    """The whole body of a response whose head has arrived, within `seconds`. A server can send
+    its head at once and then stall: the deadline covers the body too. Releases `resp`."""
+    try:
+        async with asyncio.timeout(max(seconds, 0.0)):
+            return await resp.read()
+    except TimeoutError:
+        raise UpstreamTimeout(
+            f"deployment '{deployment}' did not finish its response before its total timeout"
+        ) from None
+    except (aiohttp.ClientError, OSError) as e:
+        raise UpstreamError(
+            f"deployment '{deployment}' broke off its response: {_describe(e)}", retryable=True
+        ) from None
+    finally:
+        resp.release()
+
+
 def upstream_failure(
     deployment: str, status: int, raw: bytes, retry_after: str | None
 ) -> HedgeError:
@@ -103,7 +122,7 @@ def upstream_failure(
     reason = f"deployment '{deployment}' answered {status}: {message}"
     lowered = f"{code} {message}".lower()
     if status in (400, 413, 422):
-        if "context_length" in lowered or "context length" in lowered or "maximum context" in lowered:
+        if any(k in lowered for k in ("context_length", "context length", "maximum context")):
             return ContextLengthExceeded(reason)
         if "content_policy" in lowered or "content_filter" in lowered or "safety" in lowered:
             return ContentPolicy(reason)
@@ -126,9 +145,12 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
         return None
     value = value.strip()
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        # "inf" and "nan" parse as floats but are no delay anyone can wait for.
+        return max(0.0, seconds) if math.isfinite(seconds) else None
     try:
         when = email.utils.parsedate_to_datetime(value).timestamp()
     except (TypeError, ValueError, IndexError):
@@ -142,12 +164,18 @@ def _error_text(raw: bytes) -> tuple[str, str]:
     except orjson.JSONDecodeError:
         text = raw.decode("utf-8", "replace").strip()
         return (text[:500] or "no error body", "")
-    err = payload.get("error") if isinstance(payload, dict) else None
-    if isinstance(err, dict):
-        return (str(err.get("message") or err)[:1000], str(err.get("code") or err.get("type") or ""))
+    if not isinstance(payload, dict):
+        return (str(payload)[:500], "")
+    err = payload.get("error")
     if isinstance(err, str):
         return (err[:1000], "")
-    return (str(payload)[:500], "")
+    # OpenAI nests the error under "error"; vLLM's older ErrorResponse puts it at the top level
+    # ({"object": "error", "message": ..., "type": ..., "code": 400}); FastAPI says "detail".
+    body = err if isinstance(err, dict) else payload
+    message = body.get("message") or body.get("detail")
+    if not message:
+        return (str(payload)[:500], "")
+    return (str(message)[:1000], str(body.get("code") or body.get("type") or ""))
 
 
 def _describe(e: BaseException) -> str:

@@ -7,7 +7,9 @@ between servers are data (`providers.yaml`), not branches.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+import asyncio
+import dataclasses
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from contextlib import aclosing
 from dataclasses import dataclass
 from functools import cache
@@ -18,7 +20,7 @@ import orjson
 import yaml
 
 from hedge.backends.base import DeploymentStatus
-from hedge.backends.http import HttpPool, post_json, sse_data
+from hedge.backends.http import HttpPool, post_json, read_response, sse_data
 from hedge.config import OpenAICompatDeployment, SamplingDefaults
 from hedge.errors import UpstreamError
 from hedge.types import (
@@ -131,6 +133,12 @@ def _finish(value: Any) -> FinishReason | None:
 def from_wire(payload: Any, quirks: Quirks, deployment: str) -> ChatResponse:
     """A non-streamed completion payload -> ChatResponse. A malformed payload is the
     upstream's failure, not an answer."""
+    if isinstance(payload, dict) and "error" in payload and "choices" not in payload:
+        # Some servers (llama.cpp, Ollama, proxies) answer 200 with an error body.
+        raise UpstreamError(
+            f"deployment '{deployment}' answered with an error: {str(payload['error'])[:500]}",
+            retryable=True,
+        )
     try:
         choices = []
         for i, raw in enumerate(payload["choices"]):
@@ -198,6 +206,42 @@ def chunks_from_wire(payload: Any, quirks: Quirks) -> Iterator[Chunk]:
         yield Chunk(usage=_usage(payload["usage"]))
 
 
+class ToolCallHeaders:
+    """Drops repeated tool-call headers from a stream.
+
+    OpenAI sends a tool call's `id` and `name` once, in its first delta, and clients concatenate
+    every fragment they get. llama-cpp-python's server repeats both on every arguments delta,
+    which clients would glue into `get_weatherget_weather...`; only the first mention goes on.
+    """
+
+    def __init__(self) -> None:
+        self._ids: dict[tuple[int, int], str] = {}
+        self._names: dict[tuple[int, int], str] = {}
+
+    def __call__(self, chunk: Chunk) -> Chunk:
+        if not chunk.tool_calls:
+            return chunk
+        calls = tuple(self._one(chunk.index, d) for d in chunk.tool_calls)
+        return chunk if calls == chunk.tool_calls else dataclasses.replace(chunk, tool_calls=calls)
+
+    def _one(self, choice: int, delta: ToolCallDelta) -> ToolCallDelta:
+        key = (choice, delta.index)
+        call_id, name = delta.id, delta.name
+        if call_id is not None:
+            if self._ids.get(key) == call_id:
+                call_id = None
+            else:
+                self._ids.setdefault(key, call_id)
+        if name is not None:
+            if self._names.get(key) == name:
+                name = None
+            else:
+                self._names.setdefault(key, name)
+        if call_id == delta.id and name == delta.name:
+            return delta
+        return dataclasses.replace(delta, id=call_id, name=name)
+
+
 class OpenAICompatBackend:
     def __init__(
         self, name: str, deployment: OpenAICompatDeployment, api_key: str | None, pool: HttpPool
@@ -239,19 +283,19 @@ class OpenAICompatBackend:
 
     async def complete(self, request: ChatRequest) -> ChatResponse:
         t = self.deployment.timeouts
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         resp = await post_json(
-            self._pool, self.name, self._url, self._body(request), self._headers, t,
+            self._pool,
+            self.name,
+            self._url,
+            self._body(request),
+            self._headers,
+            t,
             head_deadline=t.total,
         )
-        try:
-            raw = await resp.read()
-        except Exception as e:
-            raise UpstreamError(
-                f"deployment '{self.name}' broke off its response: {type(e).__name__}",
-                retryable=True,
-            ) from None
-        finally:
-            resp.release()
+        # `total` bounds the whole answer, not only its head.
+        raw = await read_response(resp, self.name, t.total - (loop.time() - started))
         try:
             payload = orjson.loads(raw)
         except orjson.JSONDecodeError:
@@ -263,18 +307,26 @@ class OpenAICompatBackend:
     async def stream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
         t = self.deployment.timeouts
         resp = await post_json(
-            self._pool, self.name, self._url, self._body(request), self._headers, t,
+            self._pool,
+            self.name,
+            self._url,
+            self._body(request),
+            self._headers,
+            t,
             head_deadline=t.first_token,
         )
         finished: set[int] = set()
-        async with aclosing(sse_data(resp, self.name, t)) as events:
+        headers = ToolCallHeaders()
+        # sse_data is an async generator annotated as a bare AsyncIterator, which has no aclose.
+        events = cast(AsyncGenerator[bytes, None], sse_data(resp, self.name, t))
+        async with aclosing(events):
             async for data in events:
                 if data == b"[DONE]":
                     break
                 for chunk in self._parse_event(data):
                     if chunk.finish_reason is not None:
                         finished.add(chunk.index)
-                    yield chunk
+                    yield headers(chunk)
         # A missing [DONE] is fine; a stream that never said how it finished is truncated.
         if len(finished) < request.choices_wanted:
             raise UpstreamError(
