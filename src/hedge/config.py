@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from hedge.backends.quirks import provider_names, quirks_for
 from hedge.catalog import COUNTRY_CODES, Catalog, load_catalog
 from hedge.errors import ConfigError
 from hedge.policy import Policy, Rules
@@ -285,7 +286,20 @@ def _catalog_references(cfg: HedgeConfig, catalog: Catalog) -> list[Problem]:
             problems.append((path, f"unknown {what} '{value}' ({hint}). Fix: {fix}."))
 
     model_fix = "use a catalog id (hedge models) or add the model under 'models:'"
+    providers = provider_names()
     for name, dep in cfg.deployments.items():
+        if isinstance(dep, OpenAICompatDeployment):
+            known(
+                ("deployments", name, "provider"),
+                dep.provider,
+                providers,
+                "provider",
+                "use a provider from providers.yaml, or 'generic'",
+            )
+            try:
+                quirks_for(dep.provider, dep.quirks)
+            except ValueError as e:
+                problems.append((("deployments", name, "quirks"), f"{e}."))
         if dep.model is not None:
             known(("deployments", name, "model"), dep.model, catalog.models, "model", model_fix)
         if dep.operator_jurisdiction is not None:

@@ -265,14 +265,17 @@ class Gateway:
                 raise
             trace.upstream_seconds += time.perf_counter() - t0
             trace.answered_by = backend.name
-            return self._relay(first, chunks, trace, backend.name, t0)
+            # Recorded now, so the headers sent with the first byte count it; the relay fills
+            # in how the stream ended.
+            attempt = Attempt(backend.name, 0.0, error="stream abandoned")
+            trace.attempts.append(attempt)
+            return self._relay(first, chunks, trace, attempt, t0)
         raise _all_failed(trace, last)
 
     async def _relay(
-        self, first: Chunk, chunks: AsyncIterator[Chunk], trace: Trace, name: str, t0: float
+        self, first: Chunk, chunks: AsyncIterator[Chunk], trace: Trace, attempt: Attempt, t0: float
     ) -> AsyncIterator[Chunk]:
-        usage: Usage | None = None
-        error: str | None = "stream abandoned"
+        attempt.usage = first.usage
         try:
             yield first
             while True:
@@ -280,18 +283,18 @@ class Gateway:
                 try:
                     chunk = await anext(chunks)
                 except StopAsyncIteration:
-                    error = None
+                    attempt.error = None
                     break
                 finally:
                     trace.upstream_seconds += time.perf_counter() - t
-                usage = chunk.usage or usage
+                attempt.usage = chunk.usage or attempt.usage
                 yield chunk
         except HedgeError as e:
-            error = e.message
+            attempt.error = e.message
             raise
         finally:
             await _aclose(chunks)
-            trace.attempts.append(Attempt(name, time.perf_counter() - t0, error=error, usage=usage))
+            attempt.seconds = time.perf_counter() - t0
 
     @staticmethod
     def _record(
@@ -310,6 +313,11 @@ async def _aclose(chunks: AsyncIterator[Chunk]) -> None:
 
 def _all_failed(trace: Trace, last: HedgeError | None) -> HedgeError:
     if last is not None and len(trace.attempts) == 1:
-        return last
-    tried = "; ".join(f"{a.deployment}: {a.error}" for a in trace.attempts)
-    return AllAttemptsFailed(f"Every deployment of model '{trace.route}' failed ({tried}).")
+        error = last
+    else:
+        tried = "; ".join(f"{a.deployment}: {a.error}" for a in trace.attempts)
+        error = AllAttemptsFailed(f"Every deployment of model '{trace.route}' failed ({tried}).")
+    # When the last upstream said when to come back, so do we.
+    if isinstance(last, UpstreamError) and last.retry_after_s is not None:
+        error.headers.setdefault("Retry-After", str(max(1, round(last.retry_after_s))))
+    return error

@@ -21,7 +21,9 @@ routes:
 def hedge(
     *args: str, cwd: Path | None = None, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*HEDGE, *args], capture_output=True, text=True, timeout=timeout, cwd=cwd)
+    return subprocess.run(
+        [*HEDGE, *args], capture_output=True, text=True, timeout=timeout, cwd=cwd, check=False
+    )
 
 
 def test_config_check_accepts_the_default_and_summarises_it() -> None:

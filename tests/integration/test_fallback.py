@@ -158,11 +158,6 @@ def test_a_stream_fails_over_before_its_first_byte(setup: Setup) -> None:
     assert setup.hits("echo", m) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway bug: a stream's headers go out before the answering deployment's attempt is "
-    "recorded (Gateway._relay appends it when the stream ends), so x-hedge-attempts says 1",
-)
 def test_a_failed_over_stream_counts_both_attempts(setup: Setup) -> None:
     raw = setup.client().chat.completions.with_raw_response.create(
         model="failover", messages=ask(marker()), stream=True

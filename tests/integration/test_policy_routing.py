@@ -83,7 +83,7 @@ def post(gw: Gateway, model: str, headers: dict[str, str]) -> tuple[int, dict[st
 
 
 def test_without_narrowing_the_first_deployment_answers(setup: tuple[Gateway, FakeOpenAI]) -> None:
-    gw, fake = setup
+    gw, _ = setup
     status, headers, body = post(gw, "chat", {})
     assert status == 200, body
     assert headers["x-hedge-deployment"] == "deepseek-hosted"
@@ -190,8 +190,10 @@ def test_a_policy_naming_an_unknown_licence_is_refused_at_start_up(tmp_path: Pat
     bad = CONFIG.format(url="http://127.0.0.1:9/v1").replace(
         "origins: {deny: [CN]}", "licences: {allow: [MIT, BSD-9]}"
     )
-    with pytest.raises(RuntimeError, match="exited with 2"):
-        with run_gateway(bad, tmp_path, ready_timeout=30):
-            pass
+    with (
+        pytest.raises(RuntimeError, match="exited with 2"),
+        run_gateway(bad, tmp_path, ready_timeout=30),
+    ):
+        pass
     log = next(tmp_path.glob("hedge-*.log")).read_text()
     assert "policies.no-cn.licences.allow[1]" in log and "unknown licence 'BSD-9'" in log

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from hedge import config
 from hedge.config import EmbeddedDeployment, OpenAICompatDeployment
@@ -54,7 +55,7 @@ def test_good_config_parses_into_typed_frozen_settings() -> None:
     assert s.config.routes["chat"].deployments == ["deepseek", "local"]
     assert s.secret_for("deepseek") == "sk-test"
     assert s.warnings == ()
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         s.config.server.port = 1  # type: ignore[misc]
 
 
@@ -155,3 +156,34 @@ def test_data_dir_expands_home() -> None:
     s = parse(GOOD.replace("port: 9000", "port: 9000\n  data_dir: ~/hedge-data"))
     assert not s.config.server.data_dir.startswith("~")
     assert s.config.server.data_dir.endswith("hedge-data")
+
+
+def test_unknown_provider_and_bad_quirks_are_refused_with_their_path() -> None:
+    msg = problem(GOOD.replace("provider: deepseek", "provider: deepsek"))
+    assert "deployments.deepseek.provider" in msg and "unknown provider 'deepsek'" in msg
+    msg = problem(
+        GOOD.replace("provider: deepseek", "provider: vllm\n    quirks: {suports_n: true}")
+    )
+    assert "deployments.deepseek.quirks" in msg and "unknown quirk(s): suports_n" in msg
+    msg = problem(
+        GOOD.replace("provider: deepseek", "provider: vllm\n    quirks: {supports_n: 'yes'}")
+    )
+    assert "supports_n: Input should be a valid boolean" in msg
+
+
+def test_catalog_references_are_checked() -> None:
+    bad = GOOD.replace("kind: embedded\n", "kind: embedded\n    model: smollm-9000\n")
+    assert "deployments.local.model" in problem(bad) and "unknown model 'smollm-9000'" in problem(
+        bad
+    )
+    policies = "policies:\n  p:\n    origins: {deny: [China]}\n    pins: {nope-1b: '1'}\n"
+    msg = problem(
+        policies
+        + GOOD.replace(
+            "    deployments: [deepseek, local]",
+            "    policies: [p, q]\n    deployments: [deepseek, local]",
+        )
+    )
+    assert "policies.p.origins.deny[0]" in msg and "unknown country 'China'" in msg
+    assert "policies.p.pins.nope-1b" in msg
+    assert "routes.chat.policies[1]" in msg and "unknown policy 'q'" in msg

@@ -19,14 +19,12 @@ import pytest
 from hedge.backends.http import HttpPool, parse_retry_after, sse_data, upstream_failure
 from hedge.backends.openai_compat import (
     OpenAICompatBackend,
-    Quirks,
     ToolCallHeaders,
     chunks_from_wire,
     from_wire,
-    provider_names,
-    quirks_for,
     to_wire,
 )
+from hedge.backends.quirks import Quirks, provider_names, quirks_for
 from hedge.config import OpenAICompatDeployment, SamplingDefaults, Timeouts
 from hedge.errors import ContextLengthExceeded, InvalidRequest, UpstreamError
 from hedge.types import ChatRequest, Chunk, ToolCallDelta

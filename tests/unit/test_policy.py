@@ -403,7 +403,7 @@ def test_evaluation_is_deterministic_and_pure() -> None:
     rules = {"origins": {"deny": ["CN"]}, "data_classes": {"pii": {"hosting": "self-hosted"}}}
     first = run(rules, "pii")
     assert all(run(rules, "pii") == first for _ in range(5))
-    assert DEEPSEEK_HOSTED == replace(DEEPSEEK_HOSTED)  # inputs untouched
+    assert replace(DEEPSEEK_HOSTED) == DEEPSEEK_HOSTED  # inputs untouched
 
 
 def test_unknown_policy_keys_are_refused() -> None:

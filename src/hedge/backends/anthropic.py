@@ -9,6 +9,7 @@ cannot honour is reported by `unsupported`, and `to_wire` refuses it too if call
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
 from typing import Any, cast
@@ -16,7 +17,7 @@ from typing import Any, cast
 import orjson
 
 from hedge.backends.base import DeploymentStatus, unknown_fields
-from hedge.backends.http import HttpPool, post_json, sse_data
+from hedge.backends.http import HttpPool, post_json, read_response, sse_data
 from hedge.config import AnthropicDeployment
 from hedge.errors import InvalidRequest, Unsupported, UpstreamError
 from hedge.types import (
@@ -562,6 +563,8 @@ class AnthropicBackend:
 
     async def complete(self, request: ChatRequest) -> ChatResponse:
         t = self.deployment.timeouts
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         resp = await post_json(
             self._pool,
             self.name,
@@ -571,15 +574,8 @@ class AnthropicBackend:
             t,
             head_deadline=t.total,
         )
-        try:
-            raw = await resp.read()
-        except Exception as e:
-            raise UpstreamError(
-                f"deployment '{self.name}' broke off its response: {type(e).__name__}",
-                retryable=True,
-            ) from None
-        finally:
-            resp.release()
+        # `total` bounds the whole answer, not only its head.
+        raw = await read_response(resp, self.name, t.total - (loop.time() - started))
         return from_wire(self._decode(raw), self.name)
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[Chunk]:

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from hedge.backends.base import DeploymentStatus, State, unknown_fields
-from hedge.backends.openai_compat import chunks_from_wire, from_wire, quirks_for
+from hedge.backends.openai_compat import chunks_from_wire, from_wire
+from hedge.backends.quirks import quirks_for
 from hedge.config import EmbeddedDeployment, SamplingDefaults
 from hedge.errors import ContextLengthExceeded, Overloaded, UpstreamError
 from hedge.types import ChatRequest, ChatResponse, Chunk, Message, Usage

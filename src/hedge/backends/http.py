@@ -53,7 +53,7 @@ class HttpPool:
             self._session = None
 
 
-async def post_json(  # noqa: PLR0917 - shared by every HTTP backend, called positionally
+async def post_json(
     pool: HttpPool,
     deployment: str,
     url: str,

@@ -11,16 +11,13 @@ import asyncio
 import dataclasses
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from contextlib import aclosing
-from dataclasses import dataclass
-from functools import cache
-from importlib import resources
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 import orjson
-import yaml
 
 from hedge.backends.base import DeploymentStatus
 from hedge.backends.http import HttpPool, post_json, read_response, sse_data
+from hedge.backends.quirks import Quirks, quirks_for
 from hedge.config import OpenAICompatDeployment, SamplingDefaults
 from hedge.errors import UpstreamError
 from hedge.types import (
@@ -44,36 +41,6 @@ _FINISH: dict[str, FinishReason] = {
     "end_turn": "stop",
     "max_tokens": "length",
 }
-
-
-@dataclass(frozen=True, slots=True)
-class Quirks:
-    reasoning_fields: tuple[str, ...]
-    stream_usage: Literal["stream_options", "none"]
-    max_tokens_field: Literal["max_tokens", "max_completion_tokens"]
-    supports_n: bool
-    supports_tools: bool
-
-
-@cache
-def _presets() -> dict[str, dict[str, Any]]:
-    text = resources.files("hedge.backends").joinpath("providers.yaml").read_text("utf-8")
-    return cast(dict[str, dict[str, Any]], yaml.safe_load(text))
-
-
-def provider_names() -> list[str]:
-    return sorted(_presets())
-
-
-def quirks_for(provider: str, overrides: dict[str, Any]) -> Quirks:
-    """The generic quirks, then the provider's, then the deployment's own overrides."""
-    presets = _presets()
-    merged = {**presets["generic"], **presets.get(provider, {}), **overrides}
-    unknown = set(merged) - set(Quirks.__dataclass_fields__)
-    if unknown:
-        raise ValueError(f"unknown quirk(s): {', '.join(sorted(unknown))}")
-    merged["reasoning_fields"] = tuple(merged["reasoning_fields"])
-    return Quirks(**merged)
 
 
 def to_wire(
