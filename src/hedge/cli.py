@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import sys
 from collections.abc import Sequence
 
@@ -15,7 +16,9 @@ import aiohttp
 import orjson
 
 from hedge import config
+from hedge.catalog import Catalog, filter_models, to_row
 from hedge.errors import ConfigError, HedgeError
+from hedge.fit import estimate_fit
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -45,6 +48,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     chat.add_argument("--max-tokens", type=int, default=None)
     chat.add_argument("--temperature", type=float, default=None)
 
+    models = sub.add_parser("models", help="list the provenance catalog, with filters")
+    models.add_argument("--config", help="hedge.yaml whose 'models:' extend the catalog")
+    models.add_argument("--license", action="append", help="licence id (repeatable)")
+    models.add_argument("--origin", action="append", help="ISO country of the lab (repeatable)")
+    models.add_argument("--open-weights", action="store_true", help="open weights only")
+    models.add_argument(
+        "--commercial",
+        choices=["yes", "conditions", "no"],
+        action="append",
+        help="commercial use allowed by the licence (repeatable)",
+    )
+    models.add_argument("--max-active-params", type=float, help="billions of active parameters")
+    models.add_argument("--json", action="store_true", help="JSON instead of a table")
+    models_sub = models.add_subparsers(dest="models_command")
+    fit = models_sub.add_parser("fit", help="which models fit on given GPUs, with the arithmetic")
+    fit.add_argument("--gpu-mem", type=float, required=True, help="GB of memory per GPU")
+    fit.add_argument("--gpus", type=int, default=1)
+    fit.add_argument("--quant", choices=["q4", "q8", "fp8", "fp16"], default="q4")
+    fit.add_argument("--context", type=int, default=8192, help="tokens of context per sequence")
+    fit.add_argument("--model", action="append", help="catalog id (repeatable; default: all)")
+    fit.add_argument("--json", action="store_true")
+
+    doctor = sub.add_parser("doctor", help="audit a config for vendor concentration")
+    doctor.add_argument("--config", help="path to hedge.yaml (default as for serve)")
+    doctor.add_argument("--json", action="store_true")
+
     cfg = sub.add_parser("config", help="configuration tools")
     cfg_sub = cfg.add_subparsers(dest="config_command", required=True)
     check = cfg_sub.add_parser("check", help="validate a hedge.yaml and summarise it")
@@ -56,6 +85,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _serve(args)
         if args.command == "chat":
             return asyncio.run(_chat(args))
+        if args.command == "models":
+            return _fit(args) if args.models_command == "fit" else _models(args)
+        if args.command == "doctor":
+            return _doctor(args)
         return _config_check(args.path)
     except ConfigError as e:
         print(f"hedge: configuration error\n{e}", file=sys.stderr)
@@ -93,6 +126,104 @@ def _serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=30,
     )
     return 0
+
+
+def _table(rows: list[dict[str, object]], columns: list[str]) -> str:
+    cells = [[("-" if r[c] is None else str(r[c])) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip()]
+    lines += [
+        "  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in cells
+    ]
+    return "\n".join(lines)
+
+
+def _catalog(path: str | None) -> Catalog:
+    return config.load(config.find_config(path)).catalog
+
+
+def _models(args: argparse.Namespace) -> int:
+    catalog = _catalog(args.config)
+    found = filter_models(
+        catalog,
+        license=args.license,
+        origin=args.origin,
+        open_weights=True if args.open_weights else None,
+        commercial=args.commercial,
+        max_active_params_b=args.max_active_params,
+    )
+    rows = []
+    for m in found:
+        row = to_row(m)
+        lic = catalog.licence_of(m)
+        row["commercial_use"] = lic.commercial_use if lic else None
+        row["osi_approved"] = lic.osi_approved if lic else None
+        rows.append(row)
+    if args.json:
+        print(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
+        return 0
+    columns = [
+        "id",
+        "lab",
+        "origin",
+        "licence",
+        "open_weights",
+        "commercial_use",
+        "params_total_b",
+        "params_active_b",
+        "context_window",
+        "sources",
+    ]
+    for row in rows:
+        row["sources"] = ",".join(row["sources"])
+    print(_table(rows, columns))
+    print(f"{len(rows)} of {len(catalog.models)} models; '-' = not reported by any cited source")
+    return 0
+
+
+def _fit(args: argparse.Namespace) -> int:
+    catalog = _catalog(None)
+    ids = args.model or list(catalog.models)
+    unknown = [i for i in ids if i not in catalog.models]
+    if unknown:
+        print(f"hedge: unknown model(s): {', '.join(unknown)} (see hedge models)", file=sys.stderr)
+        return 2
+    estimates = [
+        estimate_fit(
+            catalog.models[i],
+            quantization=args.quant,
+            gpu_memory_gb=args.gpu_mem,
+            gpu_count=args.gpus,
+            context_tokens=args.context,
+        )
+        for i in ids
+    ]
+    if args.json:
+        print(
+            orjson.dumps(
+                [dataclasses.asdict(e) for e in estimates], option=orjson.OPT_INDENT_2
+            ).decode()
+        )
+        return 0
+    for e in estimates:
+        print(f"{e.model_id}: {e.status}")
+        for line in e.lines:
+            print(f"    {line}")
+    return 0
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from hedge import doctor
+    from hedge.provenance import all_provenance
+
+    settings = config.load(config.find_config(args.config))
+    result = doctor.audit(settings.config, all_provenance(settings.config, settings.catalog))
+    if args.json:
+        print(orjson.dumps(dataclasses.asdict(result), option=orjson.OPT_INDENT_2).decode())
+    else:
+        print(f"hedge doctor: {settings.source}")
+        print(doctor.render(result))
+    return 1 if result.failing else 0
 
 
 def _config_check(path: str) -> int:

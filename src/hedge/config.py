@@ -144,6 +144,9 @@ class Route(_Strict):
     deployments: Annotated[list[str], Field(min_length=1)]
     policies: list[str] = Field(default_factory=list)
     description: str | None = None
+    accept_single_point_of_failure: bool = Field(
+        default=False, description="hedge doctor reports the concentration but does not fail"
+    )
 
 
 class ServerSettings(_Strict):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -88,3 +89,55 @@ def test_chat_in_process_without_a_gateway(tmp_path: Path) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip()
+
+
+def test_models_filters_as_table_and_json() -> None:
+    out = hedge("models", "--origin", "CN", "--commercial", "yes", "--open-weights", "--json")
+    assert out.returncode == 0, out.stderr
+    ids = [row["id"] for row in json.loads(out.stdout)]
+    assert "deepseek-v4-pro" in ids and "qwen3-coder" in ids
+    assert "llama-4-maverick" not in ids and "claude-opus-4.6" not in ids
+    table = hedge("models", "--max-active-params", "20")
+    assert table.returncode == 0
+    lines = table.stdout.splitlines()
+    assert lines[0].split()[:4] == ["id", "lab", "origin", "licence"]
+    assert any(line.startswith("qwen3.5-397b-a17b ") for line in lines)
+    assert not any(line.startswith("kimi-k2.6 ") for line in lines)  # 32B active
+
+
+def test_models_fit_shows_the_arithmetic() -> None:
+    out = hedge(
+        "models",
+        "fit",
+        "--gpu-mem",
+        "80",
+        "--gpus",
+        "8",
+        "--quant",
+        "q4",
+        "--model",
+        "deepseek-v4-pro",
+        "--model",
+        "gpt-oss",
+    )
+    assert out.returncode == 0, out.stderr
+    assert "deepseek-v4-pro: does not fit" in out.stdout
+    assert "1600 B params x 4.5 bits / 8 = 900 GB" in out.stdout
+    assert "gpt-oss: unknown" in out.stdout
+
+
+def test_doctor_fails_on_an_unaccepted_single_point(tmp_path: Path) -> None:
+    cfg = tmp_path / "hedge.yaml"
+    cfg.write_text(
+        "deployments:\n"
+        "  a: {kind: openai_compat, model: deepseek-v4-pro, base_url: http://127.0.0.1:9/v1,\n"
+        "      upstream_model: x, hosting: hosted, operator: DeepSeek, operator_jurisdiction: CN}\n"
+        "routes:\n  r: {deployments: [a]}\n"
+    )
+    out = hedge("doctor", "--config", str(cfg))
+    assert out.returncode == 1
+    assert (
+        "r [AT RISK]" in out.stdout and "single point of failure: operator DeepSeek" in out.stdout
+    )
+    cfg.write_text(cfg.read_text().replace("[a]}", "[a], accept_single_point_of_failure: true}"))
+    assert hedge("doctor", "--config", str(cfg)).returncode == 0
