@@ -172,6 +172,14 @@ def _token_id(key: str) -> str:
 TokenId = Annotated[str, AfterValidator(_token_id)]
 
 
+class HedgeOptions(_Strict):
+    """hedge's own request options, in the body field `hedge`; never sent upstream.
+    The same narrowing as the X-Hedge-Policy and X-Hedge-Data-Class headers."""
+
+    policies: list[str] = Field(default_factory=list)
+    data_class: str | None = None
+
+
 class ChatRequest(BaseModel):
     """A validated chat-completions request.
 
@@ -184,6 +192,7 @@ class ChatRequest(BaseModel):
 
     model: str = Field(min_length=1)
     messages: list[Message] = Field(min_length=1)
+    hedge: HedgeOptions | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     temperature: Temperature | None = None

@@ -66,9 +66,16 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gateway, F
         yield gw, fake
 
 
-def post(gw: Gateway, model: str, headers: dict[str, str]) -> tuple[int, dict[str, str], Any]:
+def post(
+    gw: Gateway, model: str, headers: dict[str, str], **extra: Any
+) -> tuple[int, dict[str, str], Any]:
     body = json.dumps(
-        {"model": model, "messages": [{"role": "user", "content": "hello"}], "max_tokens": 4}
+        {
+            "model": model,
+            "messages": [{"role": "user", "content": "hello"}],
+            "max_tokens": 4,
+            **extra,
+        }
     ).encode()
     req = urllib.request.Request(
         f"{gw.v1}/chat/completions",
@@ -197,3 +204,35 @@ def test_a_policy_naming_an_unknown_licence_is_refused_at_start_up(tmp_path: Pat
         pass
     log = next(tmp_path.glob("hedge-*.log")).read_text()
     assert "policies.no-cn.licences.allow[1]" in log and "unknown licence 'BSD-9'" in log
+
+
+def test_the_body_field_narrows_like_the_headers(setup: tuple[Gateway, FakeOpenAI]) -> None:
+    gw, fake = setup
+    hits = len(fake.hits_for("echo-deepseek"))
+    status, headers, _ = post(gw, "chat", {}, hedge={"policies": ["no-cn"]})
+    assert status == 200 and headers["x-hedge-deployment"] == "mistral-hosted"
+    assert headers["x-hedge-policies"] == "base,no-cn"
+    status, headers, _ = post(gw, "chat", {}, hedge={"data_class": "pii"})
+    assert status == 200 and headers["x-hedge-deployment"] == "smollm2-local"
+    # header and body add up
+    status, _, body = post(
+        gw, "cn-only", {"X-Hedge-Policy": "sovereign"}, hedge={"policies": ["no-cn"]}
+    )
+    assert status == 403 and {r["policy"] for r in body["error"]["refusals"]} == {
+        "no-cn",
+        "sovereign",
+    }
+    # the field never reaches the upstream
+    status, _, _ = post(gw, "chat", {}, hedge={"policies": []})
+    assert status == 200
+    last = fake.hits_for("echo-deepseek")[-1]
+    assert "hedge" not in last.body
+    assert len(fake.hits_for("echo-deepseek")) == hits + 1
+
+
+def test_conflicting_data_classes_are_refused(setup: tuple[Gateway, FakeOpenAI]) -> None:
+    gw, _ = setup
+    status, _, body = post(
+        gw, "chat", {"X-Hedge-Data-Class": "pii"}, hedge={"data_class": "public"}
+    )
+    assert status == 400 and body["error"]["param"] == "hedge.data_class"

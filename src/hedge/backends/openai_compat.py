@@ -49,7 +49,7 @@ def to_wire(
     quirks: Quirks,
     defaults: SamplingDefaults,
 ) -> dict[str, Any]:
-    body = request.model_dump(exclude_none=True, by_alias=True)
+    body = request.model_dump(exclude_none=True, by_alias=True, exclude={"hedge"})
     body["model"] = upstream_model
     limit = request.token_limit or defaults.max_tokens
     body.pop("max_tokens", None)

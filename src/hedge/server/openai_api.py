@@ -318,16 +318,24 @@ def provenance_headers(p: Provenance) -> list[tuple[bytes, bytes]]:
     return [(k, (v or "unknown").encode()) for k, v in facts.items()]
 
 
-def caller_of(scope: Scope) -> Caller:
-    """The narrowing a request asks for in its headers: more policies, a data class."""
-    policies = header(scope, b"x-hedge-policy")
-    data_class = header(scope, b"x-hedge-data-class")
-    return Caller(
-        policies=tuple(
-            p.strip() for p in (policies or b"").decode("latin-1").split(",") if p.strip()
-        ),
-        data_class=data_class.decode("latin-1").strip() or None if data_class else None,
-    )
+def caller_of(scope: Scope, request: ChatRequest) -> Caller:
+    """The narrowing a request asks for, in its headers or its body's `hedge` field: more
+    policies (both sources add up) and a data class (they must agree)."""
+    raw = (header(scope, b"x-hedge-policy") or b"").decode("latin-1")
+    policies = [p.strip() for p in raw.split(",") if p.strip()]
+    data_class = (header(scope, b"x-hedge-data-class") or b"").decode("latin-1").strip() or None
+    options = request.hedge
+    if options is not None:
+        policies += options.policies
+        if options.data_class is not None:
+            if data_class is not None and data_class != options.data_class:
+                raise InvalidRequest(
+                    f"The X-Hedge-Data-Class header says '{data_class}' and the body's "
+                    f"hedge.data_class says '{options.data_class}': send one, or the same.",
+                    param="hedge.data_class",
+                )
+            data_class = options.data_class
+    return Caller(policies=tuple(dict.fromkeys(policies)), data_class=data_class)
 
 
 class ChatCompletions:
@@ -346,7 +354,7 @@ class ChatCompletions:
         body = await read_body(scope, receive, self.max_body)
         request = parse_chat_request(body)
         trace = Trace(route=request.model)
-        caller = caller_of(scope)
+        caller = caller_of(scope, request)
         try:
             if not request.stream:
                 response = await self.gateway.chat(request, trace, caller)
