@@ -21,7 +21,7 @@ from hedge.errors import ConfigError, HedgeError
 from hedge.fit import estimate_fit
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hedge", description="A self-hosted LLM gateway.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -70,6 +70,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     fit.add_argument("--model", action="append", help="catalog id (repeatable; default: all)")
     fit.add_argument("--json", action="store_true")
 
+    drill = sub.add_parser("drill", help="cut a deployment off at runtime (kill-switch drill)")
+    action = drill.add_mutually_exclusive_group(required=True)
+    action.add_argument("--revoke", metavar="DEPLOYMENT")
+    action.add_argument("--restore", metavar="DEPLOYMENT")
+    drill.add_argument("--reason", help="recorded with the revocation")
+    drill.add_argument("--url", help="gateway base URL (default: the configured address)")
+    drill.add_argument("--config", help="hedge.yaml (for the address and the admin key)")
+
     doctor = sub.add_parser("doctor", help="audit a config for vendor concentration")
     doctor.add_argument("--config", help="path to hedge.yaml (default as for serve)")
     doctor.add_argument("--json", action="store_true")
@@ -79,7 +87,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     check = cfg_sub.add_parser("check", help="validate a hedge.yaml and summarise it")
     check.add_argument("path")
 
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         if args.command == "serve":
             return _serve(args)
@@ -89,6 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _fit(args) if args.models_command == "fit" else _models(args)
         if args.command == "doctor":
             return _doctor(args)
+        if args.command == "drill":
+            return asyncio.run(_drill(args))
         return _config_check(args.path)
     except ConfigError as e:
         print(f"hedge: configuration error\n{e}", file=sys.stderr)
@@ -109,7 +123,11 @@ def _serve(args: argparse.Namespace) -> int:
     port = server.port if args.port is None else args.port
     for warning in settings.warnings:
         print(f"hedge: warning: {warning}", file=sys.stderr)
-    app = HedgeApp(Gateway.from_settings(settings), wait_for_models=args.wait_for_models)
+    app = HedgeApp(
+        Gateway.from_settings(settings),
+        admin_key=settings.secrets.get(config.ADMIN_SECRET),
+        wait_for_models=args.wait_for_models,
+    )
     routes = ", ".join(settings.config.routes)
     print(
         f"hedge: serving {routes} from {settings.source} on http://{host}:{port}", file=sys.stderr
@@ -226,6 +244,33 @@ def _doctor(args: argparse.Namespace) -> int:
     return 1 if result.failing else 0
 
 
+async def _drill(args: argparse.Namespace) -> int:
+    settings = config.load(config.find_config(args.config))
+    server = settings.config.server
+    url = (args.url or f"http://{server.host}:{server.port}").rstrip("/")
+    name, action = (args.revoke, "revoke") if args.revoke else (args.restore, "restore")
+    headers = {}
+    if (key := settings.secrets.get(config.ADMIN_SECRET)) is not None:
+        headers["Authorization"] = f"Bearer {key}"
+    body = {"reason": args.reason} if args.reason else {}
+    try:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                f"{url}/admin/deployments/{name}/{action}", json=body, headers=headers
+            ) as resp,
+        ):
+            payload = await resp.json(content_type=None)
+    except aiohttp.ClientConnectionError:
+        print(f"hedge: no gateway answers at {url}", file=sys.stderr)
+        return 1
+    if resp.status != 200:
+        print(f"hedge: {resp.status}: {payload['error']['message']}", file=sys.stderr)
+        return 1
+    print(f"{name}: {payload['state']} (breaker {payload['breaker']})")
+    return 0
+
+
 def _config_check(path: str) -> int:
     settings = config.load(path)
     cfg = settings.config
@@ -285,7 +330,8 @@ async def _chat_remote(url: str, body: dict[str, object]) -> int:
 
 
 async def _chat_local(settings: config.Settings, body: dict[str, object]) -> int:
-    from hedge.gateway import Gateway, Trace
+    from hedge.gateway import Gateway
+    from hedge.trace import Trace
     from hedge.types import ChatRequest
 
     gateway = Gateway.from_settings(settings)

@@ -57,8 +57,21 @@ class SamplingDefaults(_Strict):
     max_tokens: Annotated[int, Field(ge=1)] | None = None
 
 
+class BreakerSettings(_Strict):
+    """Circuit breaker: after `failures` consecutive failed calls the deployment is skipped for
+    `cooldown_s`, then one probe request decides whether it closes again."""
+
+    failures: Annotated[int, Field(ge=1)] = 5
+    cooldown_s: Annotated[float, Field(gt=0)] = 30.0
+
+
 class _DeploymentBase(_Strict):
     model: str | None = Field(default=None, description="catalog model id")
+    breaker: BreakerSettings = BreakerSettings()
+    context_window: Annotated[int, Field(ge=1)] | None = Field(
+        default=None,
+        description="tokens; default: the catalog's figure (or n_ctx for embedded models)",
+    )
     model_version: str | None = Field(
         default=None, description="the served build, for policies that pin versions"
     )
@@ -140,9 +153,24 @@ Deployment = Annotated[
 DEPLOYMENT_KINDS = ("embedded", "openai_compat", "anthropic")
 
 
+class RetrySettings(_Strict):
+    attempts_per_deployment: Annotated[int, Field(ge=1, le=10)] = 2
+    backoff_initial_s: Annotated[float, Field(ge=0)] = 0.1
+    backoff_max_s: Annotated[float, Field(ge=0)] = 2.0
+    retry_after_cap_s: Annotated[float, Field(ge=0)] = 5.0
+
+
 class Route(_Strict):
     deployments: Annotated[list[str], Field(min_length=1)]
     policies: list[str] = Field(default_factory=list)
+    strategy: Literal["fallback", "balance"] = "fallback"
+    weights: dict[str, Annotated[float, Field(gt=0)]] = Field(default_factory=dict)
+    retry: RetrySettings = RetrySettings()
+    max_attempts: Annotated[int, Field(ge=1, le=50)] = 6
+    deadline_s: Annotated[float, Field(gt=0)] = 300.0
+    stream_head_chunks: Annotated[int, Field(ge=0, le=1000)] = 8
+    stream_resume: bool = False
+    hedge_after_ms: Annotated[float, Field(gt=0)] | None = None
     description: str | None = None
     accept_single_point_of_failure: bool = Field(
         default=False, description="hedge doctor reports the concentration but does not fail"
@@ -156,6 +184,10 @@ class ServerSettings(_Strict):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     data_dir: str = Field(
         default="~/.cache/hedge", description="where hedge keeps assembled model files"
+    )
+    admin_key_env: str | None = Field(
+        default=None,
+        description="env var holding the admin key; unset: admin endpoints answer loopback only",
     )
 
     @field_validator("data_dir")
@@ -273,6 +305,15 @@ def _dangling_references(cfg: HedgeConfig) -> list[Problem]:
             elif dep in seen:
                 problems.append((path, f"deployment '{dep}' is listed twice in this route."))
             seen.add(dep)
+        for dep in route.weights:
+            if dep not in route.deployments:
+                problems.append(
+                    (
+                        ("routes", name, "weights", dep),
+                        f"'{dep}' is not one of this route's deployments. Fix: weight only "
+                        "deployments listed under 'deployments'.",
+                    )
+                )
     if not cfg.routes:
         problems.append((("routes",), "no routes: define at least one route."))
     return problems
@@ -349,9 +390,21 @@ def _catalog_references(cfg: HedgeConfig, catalog: Catalog) -> list[Problem]:
     return problems
 
 
+ADMIN_SECRET = "<admin>"
+
+
 def _resolve_secrets(cfg: HedgeConfig, env: dict[str, str]) -> tuple[dict[str, str], list[str]]:
     secrets: dict[str, str] = {}
     warnings: list[str] = []
+    admin_var = cfg.server.admin_key_env
+    if admin_var is not None:
+        if env.get(admin_var):
+            secrets[ADMIN_SECRET] = env[admin_var]
+        else:
+            warnings.append(
+                f"server.admin_key_env names {admin_var}, which is not set: "
+                "admin endpoints are closed to everyone until it is."
+            )
     for name, dep in cfg.deployments.items():
         var = getattr(dep, "api_key_env", None)
         if var is None:

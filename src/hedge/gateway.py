@@ -1,21 +1,24 @@
-"""The one use case: serve a chat request on a route, trying the plan's deployments in order.
+"""The one use case: serve a chat request on a route.
 
-The server parses and renders; this module decides which deployments may be tried, tries them,
-and keeps the per-request `Trace` that the response headers (and later the ledger) report.
+The server parses and renders; this module plans (policy, capabilities, deployment health),
+then hands the plan to the fail-over loop. Each deployment is wrapped once at start-up:
+`Retrying(route's retry settings, Breaker(backend))`, so every route shares one breaker per
+deployment and every real upstream call is recorded in the request's Trace.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from hedge import policy
 from hedge.backends.base import Backend
 from hedge.backends.http import HttpPool
+from hedge.compose import fallback
+from hedge.compose.breaker import Breaker
+from hedge.compose.retry import Retrying
 from hedge.config import (
     AnthropicDeployment,
     EmbeddedDeployment,
@@ -24,25 +27,16 @@ from hedge.config import (
     Settings,
 )
 from hedge.errors import (
-    AllAttemptsFailed,
-    HedgeError,
     InvalidRequest,
     ModelNotFound,
     NotReady,
     PolicyRefused,
     Unsupported,
-    UpstreamError,
 )
 from hedge.provenance import all_provenance
-from hedge.types import ChatRequest, ChatResponse, Chunk, Usage
-
-
-@dataclass(slots=True)
-class Attempt:
-    deployment: str
-    seconds: float
-    error: str | None = None
-    usage: Usage | None = None
+from hedge.trace import Trace
+from hedge.trace import current as current_trace
+from hedge.types import ChatRequest, ChatResponse, Chunk
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,23 +46,6 @@ class Caller:
 
     policies: tuple[str, ...] = ()
     data_class: str | None = None
-
-
-@dataclass(slots=True)
-class Trace:
-    """What happened while serving one request."""
-
-    route: str
-    request_id: str = field(default_factory=lambda: f"chatcmpl-{os.urandom(12).hex()}")
-    started: float = field(default_factory=time.perf_counter)
-    attempts: list[Attempt] = field(default_factory=list)
-    upstream_seconds: float = 0.0
-    answered_by: str | None = None
-    plan: policy.Plan | None = None
-
-    def overhead_ms(self) -> float:
-        """Wall time spent in the gateway itself, excluding time waiting on upstreams."""
-        return max(0.0, (time.perf_counter() - self.started - self.upstream_seconds) * 1000)
 
 
 def build_backends(settings: Settings, pool: HttpPool) -> dict[str, Backend]:
@@ -99,14 +76,31 @@ class Gateway:
         backends: dict[str, Backend],
         pool: HttpPool,
         provenance: dict[str, policy.Provenance],
+        windows: dict[str, int | None] | None = None,
     ) -> None:
         self.config = config
-        self.backends = backends
         self.provenance = provenance
+        self.windows = windows or {}
         self._pool = pool
-        # Routes resolve to backends once, at start-up, not per request.
+        self.breakers = {
+            name: Breaker(b, config.deployments[name].breaker) for name, b in backends.items()
+        }
+        self.backends: dict[str, Backend] = dict(self.breakers)
+        # Everything a request needs from its route is resolved once, at start-up.
+        self._wrapped: dict[str, dict[str, Retrying]] = {
+            name: {d: Retrying(self.breakers[d], route.retry) for d in route.deployments}
+            for name, route in config.routes.items()
+        }
+        self._options = {
+            name: fallback.Options(
+                hedge_after_s=None if r.hedge_after_ms is None else r.hedge_after_ms / 1000,
+                head_chunks=r.stream_head_chunks,
+                resume=r.stream_resume,
+            )
+            for name, r in config.routes.items()
+        }
         self.routes: dict[str, tuple[Backend, ...]] = {
-            name: tuple(backends[d] for d in route.deployments)
+            name: tuple(self.breakers[d] for d in route.deployments)
             for name, route in config.routes.items()
         }
         self.data_classes = frozenset(c for p in config.policies.values() for c in p.data_classes)
@@ -123,6 +117,7 @@ class Gateway:
             build_backends(settings, pool),
             pool,
             all_provenance(settings.config, settings.catalog),
+            context_windows(settings),
         )
 
     async def start(self, wait: bool = False) -> None:
@@ -171,10 +166,10 @@ class Gateway:
 
     def plan(
         self, request: ChatRequest, caller: Caller = Caller(), trace: Trace | None = None
-    ) -> list[Backend]:
+    ) -> list[Retrying]:
         """The deployments to try for this request, in order. Raises when there are none,
         with every deployment's reason."""
-        route = self.routes.get(request.model)
+        route = self.config.routes.get(request.model)
         if route is None:
             raise ModelNotFound(
                 f"The model '{request.model}' does not exist on this gateway. "
@@ -184,6 +179,9 @@ class Gateway:
         allowed = self.policy_plan(request.model, caller)
         if trace is not None:
             trace.plan = allowed
+            trace.max_attempts = route.max_attempts
+            trace.deadline = trace.started + route.deadline_s
+            current_trace.set(trace)  # this task serves this request, stream included
         if not allowed.admitted:
             error = PolicyRefused(
                 f"Policy refuses every deployment of model '{request.model}': "
@@ -194,25 +192,30 @@ class Gateway:
                 for r in allowed.refusals
             ]
             raise error
-        admitted: list[Backend] = []
+        order = allowed.admitted
+        if route.strategy == "balance":
+            order = tuple(fallback.balanced_order(order, route.weights))
+        wrapped = self._wrapped[request.model]
+        admitted: list[Retrying] = []
         reasons: list[str] = []
-        for name in allowed.admitted:
-            backend = self.backends[name]
-            state = backend.status()
+        for name in order:
+            breaker = self.breakers[name]
+            state = breaker.status()
             if state.state in ("unavailable", "failed"):
                 reasons.append(f"{name}: {state.state}: {state.detail}")
-            elif (why := backend.unsupported(request)) is not None:
+            elif (skip := breaker.refusal()) is not None:
+                reasons.append(f"{name}: {skip}")
+            elif (why := breaker.unsupported(request)) is not None:
                 reasons.append(f"{name}: {why}")
             else:
-                admitted.append(backend)
+                admitted.append(wrapped[name])
         if admitted:
             return admitted
         reasons_text = "; ".join(reasons)
-        if all(
-            self.backends[n].status().state in ("unavailable", "failed") for n in allowed.admitted
-        ):
+        if all(self.breakers[n].unsupported(request) is None for n in order):
             raise NotReady(
-                f"No deployment of model '{request.model}' is available ({reasons_text})."
+                f"No deployment of model '{request.model}' is available now ({reasons_text}).",
+                headers={"Retry-After": "1"},
             )
         raise Unsupported(
             f"No deployment of model '{request.model}' can serve this request ({reasons_text})."
@@ -221,103 +224,55 @@ class Gateway:
     async def chat(
         self, request: ChatRequest, trace: Trace, caller: Caller = Caller()
     ) -> ChatResponse:
-        last: HedgeError | None = None
-        for backend in self.plan(request, caller, trace):
-            t0 = time.perf_counter()
-            try:
-                response = await backend.complete(request)
-            except UpstreamError as e:
-                # The deployment failed; another may not. Client errors are not caught here:
-                # they would fail the same way everywhere.
-                self._record(trace, backend.name, t0, error=e.message)
-                last = e
-                continue
-            except HedgeError as e:
-                self._record(trace, backend.name, t0, error=e.message)
-                raise
-            self._record(trace, backend.name, t0, usage=response.usage)
-            trace.answered_by = backend.name
-            return response
-        raise _all_failed(trace, last)
+        candidates = self.plan(request, caller, trace)
+        response, winner = await fallback.first_success(
+            candidates,
+            lambda c: c.complete(request),
+            self.windows,
+            self._options[request.model].hedge_after_s,
+            request.model,
+        )
+        trace.answered_by = winner.name
+        return response
 
     async def stream(
         self, request: ChatRequest, trace: Trace, caller: Caller = Caller()
     ) -> AsyncIterator[Chunk]:
-        """Returns once a deployment has produced its first chunk: until then, failures move
-        on to the next deployment without the client seeing anything."""
-        last: HedgeError | None = None
-        for backend in self.plan(request, caller, trace):
-            t0 = time.perf_counter()
-            chunks = aiter(backend.stream(request))
-            try:
-                first = await anext(chunks)
-            except StopAsyncIteration:
-                self._record(trace, backend.name, t0, error="empty stream")
-                continue
-            except UpstreamError as e:
-                self._record(trace, backend.name, t0, error=e.message)
-                last = e
-                await _aclose(chunks)
-                continue
-            except HedgeError as e:
-                self._record(trace, backend.name, t0, error=e.message)
-                await _aclose(chunks)
-                raise
-            trace.upstream_seconds += time.perf_counter() - t0
-            trace.answered_by = backend.name
-            # Recorded now, so the headers sent with the first byte count it; the relay fills
-            # in how the stream ended.
-            attempt = Attempt(backend.name, 0.0, error="stream abandoned")
-            trace.attempts.append(attempt)
-            return self._relay(first, chunks, trace, attempt, t0)
-        raise _all_failed(trace, last)
+        """Returns once a deployment has produced the head of its stream: until then,
+        failures move on to the next deployment without the client seeing anything."""
+        candidates = self.plan(request, caller, trace)
+        options = self._options[request.model]
+        opened, winner = await fallback.first_success(
+            candidates,
+            lambda c: fallback.open_stream(c, request, options.head_chunks),
+            self.windows,
+            options.hedge_after_s,
+            request.model,
+        )
+        trace.answered_by = winner.name
+        later = candidates[[c.name for c in candidates].index(winner.name) + 1 :]
 
-    async def _relay(
-        self, first: Chunk, chunks: AsyncIterator[Chunk], trace: Trace, attempt: Attempt, t0: float
-    ) -> AsyncIterator[Chunk]:
-        attempt.usage = first.usage
-        try:
-            yield first
-            while True:
-                t = time.perf_counter()
-                try:
-                    chunk = await anext(chunks)
-                except StopAsyncIteration:
-                    attempt.error = None
-                    break
-                finally:
-                    trace.upstream_seconds += time.perf_counter() - t
-                attempt.usage = chunk.usage or attempt.usage
-                yield chunk
-        except HedgeError as e:
-            attempt.error = e.message
-            raise
-        finally:
-            await _aclose(chunks)
-            attempt.seconds = time.perf_counter() - t0
+        def resumed(on: fallback.Candidate) -> None:
+            trace.resumed_on = on.name
 
-    @staticmethod
-    def _record(
-        trace: Trace, name: str, t0: float, *, error: str | None = None, usage: Usage | None = None
-    ) -> None:
-        elapsed = time.perf_counter() - t0
-        trace.upstream_seconds += elapsed
-        trace.attempts.append(Attempt(name, elapsed, error=error, usage=usage))
+        return fallback.relay(opened, winner, later, request, options, resumed)
+
+    def revoke(self, deployment: str, reason: str) -> None:
+        self.breakers[deployment].revoke(reason)
+
+    def restore(self, deployment: str) -> None:
+        self.breakers[deployment].restore()
 
 
-async def _aclose(chunks: AsyncIterator[Chunk]) -> None:
-    close = getattr(chunks, "aclose", None)
-    if close is not None:
-        await close()
-
-
-def _all_failed(trace: Trace, last: HedgeError | None) -> HedgeError:
-    if last is not None and len(trace.attempts) == 1:
-        error = last
-    else:
-        tried = "; ".join(f"{a.deployment}: {a.error}" for a in trace.attempts)
-        error = AllAttemptsFailed(f"Every deployment of model '{trace.route}' failed ({tried}).")
-    # When the last upstream said when to come back, so do we.
-    if isinstance(last, UpstreamError) and last.retry_after_s is not None:
-        error.headers.setdefault("Retry-After", str(max(1, round(last.retry_after_s))))
-    return error
+def context_windows(settings: Settings) -> dict[str, int | None]:
+    """Each deployment's context window: configured, else n_ctx for an embedded model, else
+    the catalog's figure; None when nobody reports it."""
+    out: dict[str, int | None] = {}
+    for name, dep in settings.config.deployments.items():
+        window = dep.context_window
+        if window is None and isinstance(dep, EmbeddedDeployment):
+            window = dep.n_ctx
+        if window is None and dep.model is not None:
+            window = settings.catalog.models[dep.model].context_window.value
+        out[name] = window
+    return out

@@ -82,7 +82,12 @@ def config(fake_url: str) -> str:
             lines.append(f"    timeouts: {timeouts}")
     lines.append("routes:")
     for route, deployments in ROUTES.items():
-        lines.append(f"  {route}: {{deployments: [{', '.join(deployments)}]}}")
+        # One try per deployment and no held-back stream head: these tests are about
+        # fail-over itself (retries and head buffering have their own tests in test_faults).
+        lines.append(
+            f"  {route}: {{deployments: [{', '.join(deployments)}], "
+            "retry: {attempts_per_deployment: 1}, stream_head_chunks: 0}"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -537,6 +537,8 @@ class AnthropicBackend:
         if api_key:
             self._headers["x-api-key"] = api_key
         self._missing_key = not api_key
+        # Messages continues a final assistant turn by design.
+        self.accepts_prefill = True
 
     def unsupported(self, request: ChatRequest) -> str | None:
         return unsupported(request)

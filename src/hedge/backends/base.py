@@ -13,17 +13,19 @@ from typing import Literal, Protocol
 
 from hedge.types import ChatRequest, ChatResponse, Chunk
 
-State = Literal["starting", "ready", "unavailable", "failed"]
+State = Literal["starting", "ready", "unavailable", "failed", "revoked"]
 
 
 @dataclass(frozen=True, slots=True)
 class DeploymentStatus:
     state: State
     detail: str | None = None
+    breaker: Literal["closed", "open", "half_open"] | None = None
 
 
 class Backend(Protocol):
     name: str
+    accepts_prefill: bool  # continues a final assistant message rather than answering anew
 
     def unsupported(self, request: ChatRequest) -> str | None:
         """Why this backend cannot serve the request as asked (None when it can). Pure."""

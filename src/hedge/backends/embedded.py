@@ -136,6 +136,8 @@ class EmbeddedBackend:
         self._loaded = asyncio.Event()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"hedge-{name}")
         self._queued = 0
+        # llama.cpp's chat templates close every assistant turn: no true continuation.
+        self.accepts_prefill = False
 
     def unsupported(self, request: ChatRequest) -> str | None:
         return unsupported(request)

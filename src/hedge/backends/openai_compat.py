@@ -60,6 +60,8 @@ def to_wire(
         body["temperature"] = defaults.temperature
     if request.top_p is None and defaults.top_p is not None:
         body["top_p"] = defaults.top_p
+    if quirks.prefill_fields and request.messages[-1].role == "assistant":
+        body.update(quirks.prefill_fields)
     if request.stream:
         if quirks.stream_usage == "stream_options":
             # Always ask for usage: accounting needs it even when the client did not.
@@ -222,6 +224,7 @@ class OpenAICompatBackend:
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
         self._missing_key = deployment.api_key_env is not None and not api_key
+        self.accepts_prefill = self.quirks.assistant_prefill
 
     def unsupported(self, request: ChatRequest) -> str | None:
         if request.choices_wanted > 1 and not self.quirks.supports_n:

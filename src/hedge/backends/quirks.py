@@ -22,6 +22,8 @@ class Quirks(BaseModel):
     max_tokens_field: Literal["max_tokens", "max_completion_tokens"]
     supports_n: bool
     supports_tools: bool
+    assistant_prefill: bool = False
+    prefill_fields: dict[str, Any] = Field(default_factory=dict, strict=False)
 
 
 QUIRK_NAMES = frozenset(Quirks.model_fields)

@@ -12,6 +12,7 @@ from typing import Any
 from hedge.errors import HedgeError, MethodNotAllowed, ModelNotFound, NotFound
 from hedge.gateway import Gateway
 from hedge.server import openai_api
+from hedge.server.admin_api import AdminApi
 from hedge.server.asgi import (
     ClientGone,
     Message,
@@ -26,9 +27,12 @@ log = logging.getLogger("hedge.server")
 
 
 class HedgeApp:
-    def __init__(self, gateway: Gateway, *, wait_for_models: bool = False) -> None:
+    def __init__(
+        self, gateway: Gateway, *, admin_key: str | None = None, wait_for_models: bool = False
+    ) -> None:
         self.gateway = gateway
         self._chat = openai_api.ChatCompletions(gateway, gateway.config.server.max_body_bytes)
+        self._admin = AdminApi(gateway, admin_key)
         self._wait = wait_for_models
         self._models_payload = {
             "object": "list",
@@ -113,6 +117,8 @@ class HedgeApp:
         elif path == "/readyz":
             status, body = self.readiness()
             await send_json(send, status, body)
+        elif path.startswith("/admin/"):
+            await self._admin(scope, receive, send, path)
         else:
             raise NotFound(f"No such endpoint: {method} {path}.")
 
@@ -145,12 +151,15 @@ class HedgeApp:
     def readiness(self) -> tuple[int, dict[str, Any]]:
         """Ready when every route has at least one ready deployment."""
         deployments = {
-            name: {"state": s.state, "detail": s.detail}
+            name: {"state": s.state, "detail": s.detail, "breaker": s.breaker}
             for name, b in self.gateway.backends.items()
             for s in (b.status(),)
         }
         routes = {
-            name: any(deployments[b.name]["state"] == "ready" for b in backends)
+            name: any(
+                deployments[b.name]["state"] == "ready" and deployments[b.name]["breaker"] != "open"
+                for b in backends
+            )
             for name, backends in self.gateway.routes.items()
         }
         ready = all(routes.values())

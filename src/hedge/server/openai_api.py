@@ -19,7 +19,7 @@ from pydantic import BaseModel, ValidationError
 from hedge import types
 from hedge.config import format_path
 from hedge.errors import HedgeError, InvalidRequest
-from hedge.gateway import Caller, Gateway, Trace
+from hedge.gateway import Caller, Gateway
 from hedge.policy import Provenance
 from hedge.server.asgi import (
     JSON_HEADERS,
@@ -31,6 +31,7 @@ from hedge.server.asgi import (
     read_body,
     send_bytes,
 )
+from hedge.trace import Trace
 from hedge.types import ChatRequest, ChatResponse, Chunk, FieldError, Usage
 
 

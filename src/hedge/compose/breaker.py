@@ -1,0 +1,186 @@
+"""Per-deployment circuit breaker and kill switch, the innermost wrapper around a backend.
+
+Every real upstream call passes through here exactly once, so this is also where each call is
+counted against the request's budget and recorded as an Attempt.
+
+States: closed (calls pass); open after `failures` consecutive failures (calls are refused
+without touching the upstream); half-open once `cooldown_s` has passed (one probe call is let
+through: success closes the breaker, failure opens it again). Independently, a deployment can
+be revoked: by an operator's drill, or by the upstream itself answering 401/403. A revoked
+deployment takes no traffic until it is restored.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Literal
+
+from hedge import trace
+from hedge.backends.base import Backend, DeploymentStatus
+from hedge.config import BreakerSettings
+from hedge.errors import HedgeError, UpstreamError
+from hedge.types import ChatRequest, ChatResponse, Chunk
+
+BreakerState = Literal["closed", "open", "half_open"]
+
+
+class CircuitOpen(UpstreamError):
+    status = 503
+    code = "circuit_open"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retryable=False)
+
+
+class Breaker:
+    def __init__(
+        self,
+        inner: Backend,
+        settings: BreakerSettings,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.name = inner.name
+        self.inner = inner
+        self.accepts_prefill = inner.accepts_prefill
+        self.settings = settings
+        self._clock = clock
+        self._failures = 0
+        self._opened_at: float | None = None
+        self._probing = False
+        self.revoked: str | None = None
+
+    # ---- state ---------------------------------------------------------------------------
+
+    def breaker_state(self) -> BreakerState:
+        if self._opened_at is None:
+            return "closed"
+        if self._clock() - self._opened_at >= self.settings.cooldown_s:
+            return "half_open"
+        return "open"
+
+    def refusal(self) -> str | None:
+        """Why no call may go to this deployment now (None when one may)."""
+        if self.revoked is not None:
+            return f"revoked: {self.revoked}"
+        state = self.breaker_state()
+        if state == "open":
+            return (
+                f"circuit open after {self._failures} consecutive failures; "
+                f"next probe in {self._seconds_to_probe():.1f}s"
+            )
+        if state == "half_open" and self._probing:
+            return "circuit half-open and its one probe is in flight"
+        return None
+
+    def _seconds_to_probe(self) -> float:
+        assert self._opened_at is not None
+        return max(0.0, self.settings.cooldown_s - (self._clock() - self._opened_at))
+
+    def revoke(self, reason: str) -> None:
+        self.revoked = reason
+
+    def restore(self) -> None:
+        self.revoked = None
+        self._failures, self._opened_at, self._probing = 0, None, False
+
+    def status(self) -> DeploymentStatus:
+        inner = self.inner.status()
+        breaker = self.breaker_state()
+        if self.revoked is not None:
+            return DeploymentStatus("revoked", self.revoked, breaker)
+        return DeploymentStatus(inner.state, inner.detail, breaker)
+
+    def _enter(self) -> None:
+        why = self.refusal()
+        if why is not None:
+            raise CircuitOpen(f"deployment '{self.name}' skipped: {why}")
+        if self.breaker_state() == "half_open":
+            self._probing = True
+
+    def _succeeded(self) -> None:
+        self._failures, self._opened_at, self._probing = 0, None, False
+
+    def _failed(self, error: UpstreamError) -> None:
+        self._probing = False
+        if error.code == "upstream_auth":
+            # The upstream refused our credentials: retrying cannot help, people must.
+            self.revoke(f"the upstream refused our credentials ({error.message})")
+        self._failures += 1
+        if self._opened_at is not None or self._failures >= self.settings.failures:
+            self._opened_at = self._clock()
+
+    def _settle(self, error: BaseException | None) -> None:
+        if error is None or (
+            isinstance(error, HedgeError) and not isinstance(error, UpstreamError)
+        ):
+            # A client error from the upstream is still a healthy upstream.
+            self._succeeded()
+        elif isinstance(error, UpstreamError):
+            self._failed(error)
+        else:  # cancelled (hedged request lost, client left): no verdict on the upstream
+            self._probing = False
+
+    # ---- Backend -------------------------------------------------------------------------
+
+    def unsupported(self, request: ChatRequest) -> str | None:
+        return self.inner.unsupported(request)
+
+    async def start(self) -> None:
+        await self.inner.start()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+    async def complete(self, request: ChatRequest) -> ChatResponse:
+        self._enter()
+        current = trace.active()
+        attempt = current.begin(self.name)
+        t0 = time.perf_counter()
+        error: BaseException | None = None
+        try:
+            response = await self.inner.complete(request)
+            attempt.usage = response.usage
+            return response
+        except BaseException as e:
+            error = e
+            attempt.error = e.message if isinstance(e, HedgeError) else type(e).__name__
+            raise
+        finally:
+            attempt.seconds = time.perf_counter() - t0
+            current.upstream_seconds += attempt.seconds
+            self._settle(error)
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
+        self._enter()
+        current = trace.active()
+        attempt = current.begin(self.name)
+        attempt.error = "stream abandoned"
+        t0 = time.perf_counter()
+        error: BaseException | None = None
+        chunks = aiter(self.inner.stream(request))
+        try:
+            while True:
+                t = time.perf_counter()
+                try:
+                    chunk = await anext(chunks)
+                except StopAsyncIteration:
+                    attempt.error = None
+                    return
+                finally:
+                    current.upstream_seconds += time.perf_counter() - t
+                attempt.usage = chunk.usage or attempt.usage
+                yield chunk
+        except BaseException as e:
+            error = e
+            if isinstance(e, HedgeError):
+                attempt.error = e.message
+            raise
+        finally:
+            attempt.seconds = time.perf_counter() - t0
+            close = getattr(chunks, "aclose", None)
+            if close is not None:
+                await close()
+            if error is None and attempt.error is not None:
+                error = GeneratorExit()  # closed early by the consumer: no verdict
+            self._settle(error)

@@ -1,0 +1,85 @@
+"""The record of one request as it is served: every upstream call made, and the request's budget.
+
+The gateway opens a Trace per request and makes it current for the task that serves it (a
+context variable), so the wrappers that make or repeat upstream calls can record each call and
+respect the request's budget without threading a parameter through the Backend protocol.
+Child tasks (hedged requests) inherit the same Trace.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+
+from hedge import policy
+from hedge.errors import HedgeError
+from hedge.types import Usage
+
+
+@dataclass(slots=True)
+class Attempt:
+    deployment: str
+    seconds: float = 0.0
+    error: str | None = None
+    usage: Usage | None = None
+
+
+class BudgetExhausted(HedgeError):
+    """The request used up its attempts or its deadline."""
+
+    status = 504
+    type = "upstream_error"
+    code = "request_budget_exhausted"
+
+
+@dataclass(slots=True)
+class Trace:
+    """What happened while serving one request."""
+
+    route: str
+    request_id: str = field(default_factory=lambda: f"chatcmpl-{os.urandom(12).hex()}")
+    started: float = field(default_factory=time.perf_counter)
+    attempts: list[Attempt] = field(default_factory=list)
+    upstream_seconds: float = 0.0
+    answered_by: str | None = None
+    resumed_on: str | None = None  # a stream that broke mid-answer and continued elsewhere
+    plan: policy.Plan | None = None
+    max_attempts: int = 1_000
+    deadline: float = float("inf")  # perf_counter time
+
+    def overhead_ms(self) -> float:
+        """Wall time spent in the gateway itself, excluding time waiting on upstreams."""
+        return max(0.0, (time.perf_counter() - self.started - self.upstream_seconds) * 1000)
+
+    def remaining_s(self) -> float:
+        return self.deadline - time.perf_counter()
+
+    def begin(self, deployment: str) -> Attempt:
+        """Count one upstream call, or refuse it when the request's budget is spent."""
+        if len(self.attempts) >= self.max_attempts:
+            raise BudgetExhausted(
+                f"Request gave up after {len(self.attempts)} upstream calls (max_attempts): "
+                + "; ".join(f"{a.deployment}: {a.error}" for a in self.attempts)
+            )
+        if self.remaining_s() <= 0:
+            raise BudgetExhausted(
+                f"Request gave up at its deadline after {len(self.attempts)} upstream calls: "
+                + "; ".join(f"{a.deployment}: {a.error}" for a in self.attempts)
+            )
+        attempt = Attempt(deployment)
+        self.attempts.append(attempt)
+        return attempt
+
+
+current: ContextVar[Trace | None] = ContextVar("hedge_trace", default=None)
+
+
+def active() -> Trace:
+    """The current request's trace; outside a request (CLI tools, tests), a throwaway one."""
+    trace = current.get()
+    if trace is None:
+        trace = Trace(route="")
+        current.set(trace)
+    return trace
