@@ -56,6 +56,10 @@ class Trace:
     def remaining_s(self) -> float:
         return self.deadline - time.perf_counter()
 
+    @property
+    def deadline_s(self) -> float:
+        return self.deadline - self.started
+
     def begin(self, deployment: str) -> Attempt:
         """Count one upstream call, or refuse it when the request's budget is spent."""
         if len(self.attempts) >= self.max_attempts:

@@ -12,8 +12,10 @@ deployment takes no traffic until it is restored.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Literal
 
 from hedge import trace
@@ -111,7 +113,9 @@ class Breaker:
             self._opened_at = self._clock()
 
     def _settle(self, error: BaseException | None) -> None:
-        if error is None or (
+        if isinstance(error, trace.BudgetExhausted):
+            self._probing = False  # the request's own deadline says nothing about the upstream
+        elif error is None or (
             isinstance(error, HedgeError) and not isinstance(error, UpstreamError)
         ):
             # A client error from the upstream is still a healthy upstream.
@@ -139,7 +143,8 @@ class Breaker:
         t0 = time.perf_counter()
         error: BaseException | None = None
         try:
-            response = await self.inner.complete(request)
+            async with _deadline(current):
+                response = await self.inner.complete(request)
             attempt.usage = response.usage
             return response
         except BaseException as e:
@@ -163,7 +168,8 @@ class Breaker:
             while True:
                 t = time.perf_counter()
                 try:
-                    chunk = await anext(chunks)
+                    async with _deadline(current):
+                        chunk = await anext(chunks)
                 except StopAsyncIteration:
                     attempt.error = None
                     return
@@ -184,3 +190,16 @@ class Breaker:
             if error is None and attempt.error is not None:
                 error = GeneratorExit()  # closed early by the consumer: no verdict
             self._settle(error)
+
+
+@asynccontextmanager
+async def _deadline(current: trace.Trace) -> AsyncIterator[None]:
+    """Bound a running call by what is left of the request's deadline."""
+    try:
+        async with asyncio.timeout(max(0.0, current.remaining_s())):
+            yield
+    except TimeoutError:
+        raise trace.BudgetExhausted(
+            f"Request reached its deadline ({current.deadline_s:g}s) during an upstream call: "
+            + "; ".join(f"{a.deployment}: {a.error or 'in progress'}" for a in current.attempts)
+        ) from None
