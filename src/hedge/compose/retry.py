@@ -62,6 +62,8 @@ class Retrying:
         delay = retry_delay(error, tried, self.settings, self._rng)
         if delay is None or delay >= trace.active().remaining_s():
             raise error
+        if self.inner.refusal() is not None:
+            raise error  # that failure opened the breaker: report it, not the open circuit
         await asyncio.sleep(delay)
 
     async def complete(self, request: ChatRequest) -> ChatResponse:
