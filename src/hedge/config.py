@@ -110,40 +110,36 @@ class EmbeddedDeployment(_DeploymentBase):
             raise ValueError("set exactly one of 'bundled' or 'gguf_path'")
 
 
-class OpenAICompatDeployment(_DeploymentBase):
-    kind: Literal["openai_compat"]
+class _HttpDeployment(_DeploymentBase):
+    """A deployment reached over HTTP: only configuration may name the URL it calls."""
+
     base_url: str
     upstream_model: str
+    timeouts: Timeouts = Timeouts()
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("base_url must start with http:// or https://")
+        return v.rstrip("/")
+
+
+class OpenAICompatDeployment(_HttpDeployment):
+    kind: Literal["openai_compat"]
     api_key_env: str | None = None
     provider: str = "generic"
     quirks: dict[str, Any] = Field(default_factory=dict)
-    timeouts: Timeouts = Timeouts()
     headers: dict[str, str] = Field(default_factory=dict)
 
-    @field_validator("base_url")
-    @classmethod
-    def _http_url(cls, v: str) -> str:
-        if not v.startswith(("http://", "https://")):
-            raise ValueError("base_url must start with http:// or https://")
-        return v.rstrip("/")
 
-
-class AnthropicDeployment(_DeploymentBase):
+class AnthropicDeployment(_HttpDeployment):
     kind: Literal["anthropic"]
     hosting: Hosting = "hosted"
     base_url: str = "https://api.anthropic.com"
-    upstream_model: str
     api_key_env: str = "ANTHROPIC_API_KEY"
     anthropic_version: str = "2023-06-01"
     default_max_tokens: Annotated[int, Field(ge=1)] = 4096
-    timeouts: Timeouts = Timeouts()
-
-    @field_validator("base_url")
-    @classmethod
-    def _http_url(cls, v: str) -> str:
-        if not v.startswith(("http://", "https://")):
-            raise ValueError("base_url must start with http:// or https://")
-        return v.rstrip("/")
 
 
 Deployment = Annotated[
@@ -168,7 +164,7 @@ class Route(_Strict):
     retry: RetrySettings = RetrySettings()
     max_attempts: Annotated[int, Field(ge=1, le=50)] = 6
     deadline_s: Annotated[float, Field(gt=0)] = 300.0
-    stream_head_chunks: Annotated[int, Field(ge=0, le=1000)] = 8
+    stream_head_chunks: Annotated[int, Field(ge=0, le=1000)] = 4
     stream_resume: bool = False
     hedge_after_ms: Annotated[float, Field(gt=0)] | None = None
     description: str | None = None

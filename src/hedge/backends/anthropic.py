@@ -9,15 +9,14 @@ cannot honour is reported by `unsupported`, and `to_wire` refuses it too if call
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
-from typing import Any, cast
+from typing import Any
 
 import orjson
 
 from hedge.backends.base import DeploymentStatus, unknown_fields
-from hedge.backends.http import HttpPool, post_json, read_response, sse_data
+from hedge.backends.http import HttpPool, JsonEndpoint
 from hedge.config import AnthropicDeployment
 from hedge.errors import InvalidRequest, Unsupported, UpstreamError
 from hedge.types import (
@@ -528,15 +527,20 @@ class AnthropicBackend:
     ) -> None:
         self.name = name
         self.deployment = deployment
-        self._pool = pool
-        self._url = f"{deployment.base_url}/v1/messages"
-        self._headers = {
+        headers = {
             "anthropic-version": deployment.anthropic_version,
             "content-type": "application/json",
         }
         if api_key:
-            self._headers["x-api-key"] = api_key
-        self._missing_key = not api_key
+            headers["x-api-key"] = api_key
+        self._endpoint = JsonEndpoint(
+            pool,
+            name,
+            f"{deployment.base_url}/v1/messages",
+            headers,
+            deployment.timeouts,
+            None if api_key else deployment.api_key_env,
+        )
         # Messages continues a final assistant turn by design.
         self.accepts_prefill = True
 
@@ -544,11 +548,7 @@ class AnthropicBackend:
         return unsupported(request)
 
     def status(self) -> DeploymentStatus:
-        if self._missing_key:
-            return DeploymentStatus(
-                "unavailable", f"environment variable {self.deployment.api_key_env} is not set"
-            )
-        return DeploymentStatus("ready")
+        return self._endpoint.status()
 
     async def start(self) -> None:
         return None
@@ -564,37 +564,13 @@ class AnthropicBackend:
         return body
 
     async def complete(self, request: ChatRequest) -> ChatResponse:
-        t = self.deployment.timeouts
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        resp = await post_json(
-            self._pool,
-            self.name,
-            self._url,
-            self._body(request, stream=False),
-            self._headers,
-            t,
-            head_deadline=t.total,
-        )
-        # `total` bounds the whole answer, not only its head.
-        raw = await read_response(resp, self.name, t.total - (loop.time() - started))
-        return from_wire(self._decode(raw), self.name)
+        payload = await self._endpoint.answer(self._body(request, stream=False))
+        return from_wire(self._object(payload), self.name)
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
-        t = self.deployment.timeouts
-        resp = await post_json(
-            self._pool,
-            self.name,
-            self._url,
-            self._body(request, stream=True),
-            self._headers,
-            t,
-            head_deadline=t.first_token,
-        )
         translator = StreamTranslator(self.name)
-        # sse_data is an async generator annotated as a bare AsyncIterator, which has no aclose.
-        events = cast(AsyncGenerator[bytes, None], sse_data(resp, self.name, t))
-        async with aclosing(events):
+        body = self._body(request, stream=True)
+        async with aclosing(self._endpoint.events(body)) as events:
             async for data in events:
                 for chunk in translator.feed(self._decode(data)):
                     yield chunk
@@ -611,6 +587,9 @@ class AnthropicBackend:
             payload = orjson.loads(raw)
         except orjson.JSONDecodeError:
             payload = None
+        return self._object(payload)
+
+    def _object(self, payload: Any) -> dict[str, Any]:
         if not isinstance(payload, dict):
             raise UpstreamError(
                 f"deployment '{self.name}' sent a response that is not a JSON object",

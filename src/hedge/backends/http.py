@@ -8,12 +8,14 @@ import asyncio
 import email.utils
 import math
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
+from contextlib import aclosing
 from typing import Any
 
 import aiohttp
 import orjson
 
+from hedge.backends.base import DeploymentStatus
 from hedge.config import Timeouts
 from hedge.errors import (
     ContentPolicy,
@@ -184,7 +186,7 @@ def _describe(e: BaseException) -> str:
 
 async def sse_data(
     resp: aiohttp.ClientResponse, deployment: str, timeouts: Timeouts
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     """The `data:` payloads of a Server-Sent Events body, one per event.
 
     The first event must come within `first_token` seconds and every later one within `idle`;
@@ -228,3 +230,64 @@ async def sse_data(
         ) from None
     finally:
         resp.release()
+
+
+class JsonEndpoint:
+    """One upstream URL with its headers, timeouts and credential: what every HTTP backend
+    sends through. A backend adds only its converters."""
+
+    def __init__(
+        self,
+        pool: HttpPool,
+        deployment: str,
+        url: str,
+        headers: Mapping[str, str],
+        timeouts: Timeouts,
+        missing_key_env: str | None = None,
+    ) -> None:
+        self.pool = pool
+        self.deployment = deployment
+        self.url = url
+        self.headers = dict(headers)
+        self.timeouts = timeouts
+        self.missing_key_env = missing_key_env
+
+    def status(self) -> DeploymentStatus:
+        if self.missing_key_env is not None:
+            return DeploymentStatus(
+                "unavailable", f"environment variable {self.missing_key_env} is not set"
+            )
+        return DeploymentStatus("ready")
+
+    async def answer(self, body: Mapping[str, Any]) -> Any:
+        """POST and return the decoded JSON answer; `total` bounds head and body together."""
+        t = self.timeouts
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        resp = await post_json(
+            self.pool, self.deployment, self.url, body, self.headers, t, head_deadline=t.total
+        )
+        raw = await read_response(resp, self.deployment, t.total - (loop.time() - started))
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise UpstreamError(
+                f"deployment '{self.deployment}' sent a response that is not JSON",
+                retryable=True,
+            ) from None
+
+    async def events(self, body: Mapping[str, Any]) -> AsyncGenerator[bytes, None]:
+        """POST and yield the SSE `data:` payloads; the caller closes the generator."""
+        t = self.timeouts
+        resp = await post_json(
+            self.pool,
+            self.deployment,
+            self.url,
+            body,
+            self.headers,
+            t,
+            head_deadline=t.first_token,
+        )
+        async with aclosing(sse_data(resp, self.deployment, t)) as events:
+            async for data in events:
+                yield data

@@ -7,16 +7,15 @@ between servers are data (`providers.yaml`), not branches.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import aclosing
-from typing import Any, cast
+from typing import Any
 
 import orjson
 
 from hedge.backends.base import DeploymentStatus
-from hedge.backends.http import HttpPool, post_json, read_response, sse_data
+from hedge.backends.http import HttpPool, JsonEndpoint
 from hedge.backends.quirks import Quirks, quirks_for
 from hedge.config import OpenAICompatDeployment, SamplingDefaults
 from hedge.errors import UpstreamError
@@ -218,12 +217,17 @@ class OpenAICompatBackend:
         self.name = name
         self.deployment = deployment
         self.quirks = quirks_for(deployment.provider, deployment.quirks)
-        self._pool = pool
-        self._url = f"{deployment.base_url}/chat/completions"
-        self._headers = {"Content-Type": "application/json", **deployment.headers}
+        headers = {"Content-Type": "application/json", **deployment.headers}
         if api_key:
-            self._headers["Authorization"] = f"Bearer {api_key}"
-        self._missing_key = deployment.api_key_env is not None and not api_key
+            headers["Authorization"] = f"Bearer {api_key}"
+        self._endpoint = JsonEndpoint(
+            pool,
+            name,
+            f"{deployment.base_url}/chat/completions",
+            headers,
+            deployment.timeouts,
+            None if api_key else deployment.api_key_env,
+        )
         self.accepts_prefill = self.quirks.assistant_prefill
 
     def unsupported(self, request: ChatRequest) -> str | None:
@@ -234,11 +238,7 @@ class OpenAICompatBackend:
         return None
 
     def status(self) -> DeploymentStatus:
-        if self._missing_key:
-            return DeploymentStatus(
-                "unavailable", f"environment variable {self.deployment.api_key_env} is not set"
-            )
-        return DeploymentStatus("ready")
+        return self._endpoint.status()
 
     async def start(self) -> None:
         return None
@@ -252,44 +252,12 @@ class OpenAICompatBackend:
         )
 
     async def complete(self, request: ChatRequest) -> ChatResponse:
-        t = self.deployment.timeouts
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        resp = await post_json(
-            self._pool,
-            self.name,
-            self._url,
-            self._body(request),
-            self._headers,
-            t,
-            head_deadline=t.total,
-        )
-        # `total` bounds the whole answer, not only its head.
-        raw = await read_response(resp, self.name, t.total - (loop.time() - started))
-        try:
-            payload = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            raise UpstreamError(
-                f"deployment '{self.name}' sent a response that is not JSON", retryable=True
-            ) from None
-        return from_wire(payload, self.quirks, self.name)
+        return from_wire(await self._endpoint.answer(self._body(request)), self.quirks, self.name)
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
-        t = self.deployment.timeouts
-        resp = await post_json(
-            self._pool,
-            self.name,
-            self._url,
-            self._body(request),
-            self._headers,
-            t,
-            head_deadline=t.first_token,
-        )
         finished: set[int] = set()
         headers = ToolCallHeaders()
-        # sse_data is an async generator annotated as a bare AsyncIterator, which has no aclose.
-        events = cast(AsyncGenerator[bytes, None], sse_data(resp, self.name, t))
-        async with aclosing(events):
+        async with aclosing(self._endpoint.events(self._body(request))) as events:
             async for data in events:
                 if data == b"[DONE]":
                     break
