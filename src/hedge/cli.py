@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import aiohttp
 import orjson
@@ -70,6 +71,18 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--model", action="append", help="catalog id (repeatable; default: all)")
     fit.add_argument("--json", action="store_true")
 
+    _operations(sub)
+
+    cfg = sub.add_parser("config", help="configuration tools")
+    cfg_sub = cfg.add_subparsers(dest="config_command", required=True)
+    check = cfg_sub.add_parser("check", help="validate a hedge.yaml and summarise it")
+    check.add_argument("path")
+
+    return parser
+
+
+def _operations(sub: Any) -> None:
+    """Operator commands: drill, costs, doctor."""
     drill = sub.add_parser("drill", help="cut a deployment off at runtime (kill-switch drill)")
     action = drill.add_mutually_exclusive_group(required=True)
     action.add_argument("--revoke", metavar="DEPLOYMENT")
@@ -78,16 +91,16 @@ def build_parser() -> argparse.ArgumentParser:
     drill.add_argument("--url", help="gateway base URL (default: the configured address)")
     drill.add_argument("--config", help="hedge.yaml (for the address and the admin key)")
 
+    costs = sub.add_parser("costs", help="spend, successes and cost per successful outcome")
+    costs.add_argument("--config", help="hedge.yaml (for the ledger and prices)")
+    costs.add_argument("--since", help="e.g. 24h, 7d, 30m, or a Unix time")
+    costs.add_argument("--route", help="only this route")
+    costs.add_argument("--by", choices=["deployment", "route", "key"], default="route")
+    costs.add_argument("--json", action="store_true")
+
     doctor = sub.add_parser("doctor", help="audit a config for vendor concentration")
     doctor.add_argument("--config", help="path to hedge.yaml (default as for serve)")
     doctor.add_argument("--json", action="store_true")
-
-    cfg = sub.add_parser("config", help="configuration tools")
-    cfg_sub = cfg.add_subparsers(dest="config_command", required=True)
-    check = cfg_sub.add_parser("check", help="validate a hedge.yaml and summarise it")
-    check.add_argument("path")
-
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -103,6 +116,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _doctor(args)
         if args.command == "drill":
             return asyncio.run(_drill(args))
+        if args.command == "costs":
+            return asyncio.run(_costs(args))
         return _config_check(args.path)
     except ConfigError as e:
         print(f"hedge: configuration error\n{e}", file=sys.stderr)
@@ -242,6 +257,63 @@ def _doctor(args: argparse.Namespace) -> int:
         print(f"hedge doctor: {settings.source}")
         print(doctor.render(result))
     return 1 if result.failing else 0
+
+
+def since_epoch(text: str | None, now: float) -> float | None:
+    """'24h', '7d', '30m', '90s' back from now, or an absolute Unix time."""
+    if text is None:
+        return None
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if text[-1:] in units and text[:-1].replace(".", "", 1).isdigit():
+        return now - float(text[:-1]) * units[text[-1]]
+    try:
+        return float(text)
+    except ValueError:
+        raise SystemExit(f"hedge: --since {text!r}: use 24h, 7d, 30m or a Unix time") from None
+
+
+def strongest_prices(cfg: config.HedgeConfig, route: str) -> tuple[str, config.Prices] | None:
+    """The route's strongest stage (its last, first deployment) and its prices."""
+    spec = cfg.routes.get(route)
+    if spec is None or spec.cascade is None:
+        return None
+    name = spec.cascade.stages[-1].deployments[0]
+    return name, cfg.deployments[name].prices
+
+
+async def _costs(args: argparse.Namespace) -> int:
+    import time
+
+    from hedge.ledger import open_ledger, render_costs
+
+    settings = config.load(config.find_config(args.config))
+    ledger = open_ledger(settings.config.ledger, settings.ledger_dsn)
+    await ledger.start()
+    try:
+        rows = await ledger.summary(since_epoch(args.since, time.time()), args.route, args.by)
+    finally:
+        await ledger.aclose()
+    for row in rows:
+        strongest = strongest_prices(settings.config, row["name"]) if args.by == "route" else None
+        if strongest is not None:
+            # An estimate: the same answers' tokens, priced at the strongest stage.
+            name, p = strongest
+            all_strong = (
+                row["answer_prompt_tokens"] * p.input + row["answer_completion_tokens"] * p.output
+            ) / 1e6
+            row["all_to_strongest"] = name
+            row["saving_vs_strongest_usd"] = all_strong - row["spend_usd"]
+    if args.json:
+        print(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
+        return 0
+    print(render_costs(rows))
+    for row in rows:
+        if "saving_vs_strongest_usd" in row:
+            print(
+                f"{row['name']}: ${row['saving_vs_strongest_usd']:.6f} saved against sending "
+                f"every request to {row['all_to_strongest']} (estimate: same tokens, its prices)"
+            )
+    return 0
 
 
 async def _drill(args: argparse.Namespace) -> int:

@@ -15,12 +15,20 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from hedge.backends.quirks import provider_names, quirks_for
 from hedge.catalog import COUNTRY_CODES, Catalog, load_catalog
 from hedge.errors import ConfigError
 from hedge.policy import Policy, Rules
+from hedge.validators import Validator
 
 Hosting = Literal["self-hosted", "hosted"]
 DEFAULT_CONFIG_NAME = "hedge.yaml"
@@ -142,11 +150,46 @@ class AnthropicDeployment(_HttpDeployment):
     default_max_tokens: Annotated[int, Field(ge=1)] = 4096
 
 
+class ReplayDeployment(_DeploymentBase):
+    """Answers from a recorded multi-model data set (hedge replay): the recorded model's
+    response to the same prompt, with the recorded token counts."""
+
+    kind: Literal["replay"]
+    hosting: Hosting = "hosted"
+    recording: str = Field(description="outcomes.jsonl of a recorded data set")
+    recorded_model: str
+
+
 Deployment = Annotated[
-    EmbeddedDeployment | OpenAICompatDeployment | AnthropicDeployment,
+    EmbeddedDeployment | OpenAICompatDeployment | AnthropicDeployment | ReplayDeployment,
     Field(discriminator="kind"),
 ]
-DEPLOYMENT_KINDS = ("embedded", "openai_compat", "anthropic")
+DEPLOYMENT_KINDS = ("embedded", "openai_compat", "anthropic", "replay")
+
+
+Reasoning = Literal["none", "low", "medium", "high"] | Annotated[int, Field(ge=0)]
+
+
+class StageParams(_Strict):
+    """Per-stage sampling overrides: a cheap draft can be short and cold, a validator long."""
+
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    top_p: Annotated[float, Field(gt=0, le=1)] | None = None
+    max_tokens: Annotated[int, Field(ge=1)] | None = None
+
+
+class Stage(_Strict):
+    """One cascade stage: one deployment (with the route's fail-over over the list), or, with
+    an agreement validator, every listed deployment answering in parallel as voters."""
+
+    deployments: Annotated[list[str], Field(min_length=1)]
+    reasoning: Reasoning | None = None
+    params: StageParams = StageParams()
+    validators: list[Validator] = Field(default_factory=list)
+
+
+class Cascade(_Strict):
+    stages: Annotated[list[Stage], Field(min_length=1)]
 
 
 class RetrySettings(_Strict):
@@ -157,7 +200,9 @@ class RetrySettings(_Strict):
 
 
 class Route(_Strict):
-    deployments: Annotated[list[str], Field(min_length=1)]
+    deployments: list[str] = Field(default_factory=list)
+    cascade: Cascade | None = None
+    reasoning: Reasoning | None = None
     policies: list[str] = Field(default_factory=list)
     strategy: Literal["fallback", "balance"] = "fallback"
     weights: dict[str, Annotated[float, Field(gt=0)]] = Field(default_factory=dict)
@@ -167,10 +212,38 @@ class Route(_Strict):
     stream_head_chunks: Annotated[int, Field(ge=0, le=1000)] = 4
     stream_resume: bool = False
     hedge_after_ms: Annotated[float, Field(gt=0)] | None = None
+
     description: str | None = None
     accept_single_point_of_failure: bool = Field(
         default=False, description="hedge doctor reports the concentration but does not fail"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _deployments_of_cascade(cls, data: Any) -> Any:
+        # A cascade route's deployments are its stages' and its judges' (judges see the
+        # prompt too), in stage order: policies, the doctor and /v1/models then see a cascade
+        # like any other route.
+        if isinstance(data, dict) and isinstance(data.get("cascade"), dict):
+            if data.get("deployments"):
+                raise ValueError(
+                    "a route has either 'deployments' or a 'cascade' (whose stages name "
+                    "their deployments), not both"
+                )
+            stages = data["cascade"].get("stages")
+            if isinstance(stages, list):
+                names: list[str] = []
+                for st in (st for st in stages if isinstance(st, dict)):
+                    names += [d for d in st.get("deployments") or () if isinstance(d, str)]
+                    names += [
+                        v["deployment"]
+                        for v in st.get("validators") or ()
+                        if isinstance(v, dict) and isinstance(v.get("deployment"), str)
+                    ]
+                data = {**data, "deployments": list(dict.fromkeys(names))}
+        elif isinstance(data, dict) and not data.get("deployments"):
+            raise ValueError("a route needs 'deployments' (a non-empty list) or a 'cascade'")
+        return data
 
 
 class ServerSettings(_Strict):
@@ -192,8 +265,24 @@ class ServerSettings(_Strict):
         return str(Path(v).expanduser())
 
 
+class LedgerSettings(_Strict):
+    """Where attempts and outcomes are recorded, off the hot path in batches."""
+
+    backend: Literal["sqlite", "postgres", "none"] = "sqlite"
+    path: str = "~/.cache/hedge/ledger.db"
+    url_env: str = Field(default="HEDGE_LEDGER_URL", description="PostgreSQL DSN variable")
+    flush_interval_s: Annotated[float, Field(gt=0, le=60)] = 0.5
+    batch_size: Annotated[int, Field(ge=1, le=100_000)] = 500
+
+    @field_validator("path")
+    @classmethod
+    def _expand(cls, v: str) -> str:
+        return str(Path(v).expanduser())
+
+
 class HedgeConfig(_Strict):
     server: ServerSettings = ServerSettings()
+    ledger: LedgerSettings = LedgerSettings()
     models: list[dict[str, Any]] = Field(
         default_factory=list, description="catalog records added to the shipped catalog"
     )
@@ -211,6 +300,7 @@ class Settings:
     source: str
     catalog: Catalog
     secrets: dict[str, str] = field(default_factory=dict, repr=False)
+    ledger_dsn: str | None = field(default=None, repr=False)
     warnings: tuple[str, ...] = ()
 
     def secret_for(self, deployment: str) -> str | None:
@@ -274,8 +364,19 @@ def parse(text: str, source: str, environ: dict[str, str] | None = None) -> Sett
     if problems:
         raise ConfigError(_join(source, [(path, msg, _line(node, path)) for path, msg in problems]))
     secrets, warnings = _resolve_secrets(cfg, env)
+    dsn = env.get(cfg.ledger.url_env) if cfg.ledger.backend == "postgres" else None
+    if cfg.ledger.backend == "postgres" and not dsn:
+        raise ConfigError(
+            f"{source}: ledger.backend is postgres but ${cfg.ledger.url_env} is not set. "
+            "Fix: export it with a PostgreSQL DSN, or use backend: sqlite."
+        )
     return Settings(
-        config=cfg, source=source, catalog=catalog, secrets=secrets, warnings=tuple(warnings)
+        config=cfg,
+        source=source,
+        catalog=catalog,
+        secrets=secrets,
+        ledger_dsn=dsn,
+        warnings=tuple(warnings),
     )
 
 
@@ -301,6 +402,25 @@ def _dangling_references(cfg: HedgeConfig) -> list[Problem]:
             elif dep in seen:
                 problems.append((path, f"deployment '{dep}' is listed twice in this route."))
             seen.add(dep)
+        for si, stage in enumerate(route.cascade.stages if route.cascade else ()):
+            for vi, check in enumerate(stage.validators):
+                judge = getattr(check, "deployment", None)
+                if judge is not None and judge not in cfg.deployments:
+                    problems.append(
+                        (
+                            (
+                                "routes",
+                                name,
+                                "cascade",
+                                "stages",
+                                si,
+                                "validators",
+                                vi,
+                                "deployment",
+                            ),
+                            f"unknown deployment '{judge}' (known: {', '.join(known)}).",
+                        )
+                    )
         for dep in route.weights:
             if dep not in route.deployments:
                 problems.append(

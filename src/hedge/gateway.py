@@ -16,7 +16,7 @@ from pathlib import Path
 from hedge import policy
 from hedge.backends.base import Backend
 from hedge.backends.http import HttpPool
-from hedge.compose import fallback
+from hedge.compose import cascade, fallback
 from hedge.compose.breaker import Breaker
 from hedge.compose.retry import Retrying
 from hedge.config import (
@@ -32,11 +32,13 @@ from hedge.errors import (
     NotReady,
     PolicyRefused,
     Unsupported,
+    UpstreamError,
 )
+from hedge.ledger import Ledger, NullLedger, open_ledger, request_record
 from hedge.provenance import all_provenance
 from hedge.trace import Trace
 from hedge.trace import current as current_trace
-from hedge.types import ChatRequest, ChatResponse, Chunk
+from hedge.types import ChatRequest, ChatResponse, Chunk, ToolCallDelta
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +68,10 @@ def build_backends(settings: Settings, pool: HttpPool) -> dict[str, Backend]:
             from hedge.backends.anthropic import AnthropicBackend
 
             backends[name] = AnthropicBackend(name, dep, settings.secret_for(name), pool)
+        else:
+            from hedge.backends.replay import ReplayBackend
+
+            backends[name] = ReplayBackend(name, dep)
     return backends
 
 
@@ -77,9 +83,12 @@ class Gateway:
         pool: HttpPool,
         provenance: dict[str, policy.Provenance],
         windows: dict[str, int | None] | None = None,
+        ledger: Ledger | None = None,
     ) -> None:
         self.config = config
         self.provenance = provenance
+        self.ledger: Ledger = ledger or NullLedger()
+        self.prices = {name: dep.prices for name, dep in config.deployments.items()}
         self.windows = windows or {}
         self._pool = pool
         self.breakers = {
@@ -118,11 +127,13 @@ class Gateway:
             pool,
             all_provenance(settings.config, settings.catalog),
             context_windows(settings),
+            open_ledger(settings.config.ledger, settings.ledger_dsn),
         )
 
     async def start(self, wait: bool = False) -> None:
         """Start every backend. Model loading runs in the background unless `wait`, so the
         server answers /healthz at once and /readyz tells when each deployment is ready."""
+        await self.ledger.start()
         self._tasks = [asyncio.create_task(b.start()) for b in self.backends.values()]
         if wait:
             await asyncio.gather(*self._tasks)
@@ -133,6 +144,11 @@ class Gateway:
         for backend in self.backends.values():
             await backend.aclose()
         await self._pool.aclose()
+        await self.ledger.aclose()  # flushes what is queued: a clean stop loses nothing
+
+    def record(self, trace: Trace, status: int) -> None:
+        """Hand the finished request to the ledger (queued; written off the hot path)."""
+        self.ledger.record(request_record(trace, self.prices, status))
 
     def policy_plan(self, route: str, caller: Caller = Caller()) -> policy.Plan:
         """The route's deployments that its policies and the caller's admit (cached)."""
@@ -225,6 +241,9 @@ class Gateway:
         self, request: ChatRequest, trace: Trace, caller: Caller = Caller()
     ) -> ChatResponse:
         candidates = self.plan(request, caller, trace)
+        route = self.config.routes[request.model]
+        if route.cascade is not None:
+            return await self._cascade(request, trace, candidates)
         response, winner = await fallback.first_success(
             candidates,
             lambda c: c.complete(request),
@@ -241,6 +260,11 @@ class Gateway:
         """Returns once a deployment has produced the head of its stream: until then,
         failures move on to the next deployment without the client seeing anything."""
         candidates = self.plan(request, caller, trace)
+        if self.config.routes[request.model].cascade is not None:
+            # A draft must be whole before it can be judged: the accepted answer is then
+            # replayed to the client as a stream.
+            answer = await self._cascade(request, trace, candidates)
+            return replay_as_stream(answer)
         options = self._options[request.model]
         opened, winner = await fallback.first_success(
             candidates,
@@ -257,11 +281,58 @@ class Gateway:
 
         return fallback.relay(opened, winner, later, request, options, resumed)
 
+    async def _cascade(
+        self, request: ChatRequest, trace: Trace, candidates: list[Retrying]
+    ) -> ChatResponse:
+        route = self.config.routes[request.model]
+        assert route.cascade is not None
+        admitted = {c.name: c for c in candidates}
+        stages = [
+            cascade.CompiledStage(
+                i + 1, spec, tuple(admitted[d] for d in spec.deployments if d in admitted)
+            )
+            for i, spec in enumerate(route.cascade.stages)
+        ]
+
+        async def ask(deployment: str, judged: ChatRequest) -> ChatResponse:
+            if deployment not in admitted:
+                raise UpstreamError(
+                    f"judge '{deployment}' is not admitted for this request "
+                    "(policy, capability or health)",
+                    retryable=False,
+                )
+            return await admitted[deployment].complete(judged)
+
+        result = await cascade.run(
+            stages, request, request.model, route.reasoning, self.windows, ask
+        )
+        trace.answered_by = result.answered_by
+        trace.stage = result.stage
+        trace.rejections = result.rejections
+        trace.accepted = result.accepted
+        return result.response
+
     def revoke(self, deployment: str, reason: str) -> None:
         self.breakers[deployment].revoke(reason)
 
     def restore(self, deployment: str) -> None:
         self.breakers[deployment].restore()
+
+
+async def replay_as_stream(answer: ChatResponse) -> AsyncIterator[Chunk]:
+    """A whole answer as the chunks a stream of it would have carried."""
+    for choice in answer.choices:
+        yield Chunk(
+            index=choice.index,
+            content=choice.content,
+            reasoning=choice.reasoning,
+            tool_calls=tuple(
+                ToolCallDelta(i, t.id, t.name, t.arguments) for i, t in enumerate(choice.tool_calls)
+            ),
+            role="assistant",
+        )
+        yield Chunk(index=choice.index, finish_reason=choice.finish_reason)
+    yield Chunk(usage=answer.usage)
 
 
 def context_windows(settings: Settings) -> dict[str, int | None]:

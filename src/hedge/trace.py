@@ -46,6 +46,9 @@ class Trace:
     answered_by: str | None = None
     resumed_on: str | None = None  # a stream that broke mid-answer and continued elsewhere
     plan: policy.Plan | None = None
+    stage: int | None = None  # the cascade stage whose answer was returned
+    rejections: list[str] = field(default_factory=list)  # why earlier stages escalated
+    accepted: bool | None = None  # the answer's validator verdict (None: none judged it)
     max_attempts: int = 1_000
     deadline: float = float("inf")  # perf_counter time
 

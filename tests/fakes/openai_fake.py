@@ -19,6 +19,7 @@ What an answer says (the "planned answer"):
 Behaviours:
 
 - `echo`, `count-<n>` (or anything unknown): answers as above.
+- `say:<text>`: answers exactly `<text>` (a judge's score, a fixed JSON document...).
 - `fail-<status>`: answers that HTTP status with an OpenAI error body, always; `fail-429` sends
   Retry-After: 1.
 - `fail-once`: 500 on the first hit, then answers.
@@ -173,6 +174,8 @@ def counted(n: int) -> str:
 
 def planned_text(base: str, body: dict[str, Any]) -> str:
     """The whole answer this model means to give, before any prefill is taken off."""
+    if base.startswith("say:"):
+        return base.removeprefix("say:")
     if m := _COUNT_MODEL.fullmatch(base):
         return counted(int(m.group(1)))
     if m := _CUT_MODEL.fullmatch(base):

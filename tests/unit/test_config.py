@@ -187,3 +187,32 @@ def test_catalog_references_are_checked() -> None:
     assert "policies.p.origins.deny[0]" in msg and "unknown country 'China'" in msg
     assert "policies.p.pins.nope-1b" in msg
     assert "routes.chat.policies[1]" in msg and "unknown policy 'q'" in msg
+
+
+CASCADE = GOOD.replace(
+    "  chat:\n    deployments: [deepseek, local]\n",
+    "  chat:\n    cascade:\n      stages:\n        - deployments: [local]\n"
+    "          reasoning: low\n"
+    "          validators: [{kind: judge, deployment: deepseek, rubric: r}]\n"
+    "        - deployments: [local]\n",
+)
+
+
+def test_a_cascade_route_lists_its_stages_and_judges_as_deployments() -> None:
+    route = parse(CASCADE).config.routes["chat"]
+    assert route.cascade is not None and len(route.cascade.stages) == 2
+    assert route.deployments == ["local", "deepseek"]  # deepseek only judges
+    assert route.cascade.stages[0].reasoning == "low"
+
+
+def test_cascade_routes_are_checked() -> None:
+    both = CASCADE.replace(
+        "  chat:\n    cascade:", "  chat:\n    deployments: [local]\n    cascade:"
+    )
+    assert "either 'deployments' or a 'cascade'" in problem(both)
+    neither = GOOD.replace("    deployments: [deepseek, local]\n", "    description: empty\n")
+    assert "needs 'deployments'" in problem(neither)
+    ghost = CASCADE.replace("deployment: deepseek, rubric", "deployment: ghost, rubric")
+    assert "unknown deployment 'ghost'" in problem(ghost)
+    bad_kind = CASCADE.replace("kind: judge", "kind: vibes")
+    assert "routes.chat.cascade.stages[0].validators[0]" in problem(bad_kind)

@@ -16,7 +16,7 @@ import orjson
 
 from hedge.backends.base import DeploymentStatus
 from hedge.backends.http import HttpPool, JsonEndpoint
-from hedge.backends.quirks import Quirks, quirks_for
+from hedge.backends.quirks import Quirks, quirks_for, reasoning_fields
 from hedge.config import OpenAICompatDeployment, SamplingDefaults
 from hedge.errors import UpstreamError
 from hedge.types import (
@@ -59,6 +59,9 @@ def to_wire(
         body["temperature"] = defaults.temperature
     if request.top_p is None and defaults.top_p is not None:
         body["top_p"] = defaults.top_p
+    effort = body.pop("reasoning_effort", None)
+    if effort is not None:
+        body.update(reasoning_fields(quirks.reasoning, effort))
     if quirks.prefill_fields and request.messages[-1].role == "assistant":
         body.update(quirks.prefill_fields)
     if request.stream:

@@ -23,6 +23,9 @@ class Quirks(BaseModel):
     supports_n: bool
     supports_tools: bool
     assistant_prefill: bool = False
+    reasoning: Literal[
+        "reasoning_effort", "enable_thinking_kwarg", "enable_thinking", "thinking_type", "drop"
+    ] = "reasoning_effort"
     prefill_fields: dict[str, Any] = Field(default_factory=dict, strict=False)
 
 
@@ -55,3 +58,18 @@ def quirks_for(provider: str, overrides: dict[str, Any]) -> Quirks:
         raise ValueError(
             "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())
         ) from None
+
+
+def reasoning_fields(style: str, effort: str) -> dict[str, Any]:
+    """The body fields that carry a reasoning effort in a provider's own terms (pure).
+    `effort` is none|minimal|low|medium|high; on/off switches treat none/minimal as off."""
+    on = effort not in ("none", "minimal")
+    if style == "reasoning_effort":
+        return {"reasoning_effort": effort}
+    if style == "enable_thinking_kwarg":
+        return {"chat_template_kwargs": {"enable_thinking": on}}
+    if style == "enable_thinking":
+        return {"enable_thinking": on}
+    if style == "thinking_type":
+        return {"thinking": {"type": "enabled" if on else "disabled"}}
+    return {}

@@ -22,6 +22,7 @@ from hedge.server.asgi import (
     send_error,
     send_json,
 )
+from hedge.server.feedback_api import FeedbackApi
 
 log = logging.getLogger("hedge.server")
 
@@ -33,6 +34,7 @@ class HedgeApp:
         self.gateway = gateway
         self._chat = openai_api.ChatCompletions(gateway, gateway.config.server.max_body_bytes)
         self._admin = AdminApi(gateway, admin_key)
+        self._feedback = FeedbackApi(gateway.ledger)
         self._wait = wait_for_models
         self._models_payload = {
             "object": "list",
@@ -99,6 +101,8 @@ class HedgeApp:
         if path == "/v1/chat/completions":
             _allow(method, "POST", path)
             await self._chat(scope, receive, send)
+        elif path == "/v1/feedback":
+            await self._feedback(scope, receive, send)
         elif path == "/v1/models":
             _allow(method, "GET", path)
             await send_json(send, 200, self._models_payload)

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
@@ -298,11 +298,24 @@ def trace_headers(trace: Trace) -> list[tuple[bytes, bytes]]:
         (b"x-hedge-attempts", str(len(trace.attempts) or 1).encode()),
         (b"x-hedge-overhead-ms", f"{trace.overhead_ms():.3f}".encode()),
     ]
+    if trace.stage is not None:
+        headers.append((b"x-hedge-stage", str(trace.stage).encode()))
+        verdict = {True: b"accepted", False: b"rejected", None: b"unvalidated"}[trace.accepted]
+        headers.append((b"x-hedge-verdict", verdict))
+        if trace.rejections:
+            headers.append((b"x-hedge-rejections", header_text(" | ".join(trace.rejections))))
     if trace.plan is not None:
         headers.append((b"x-hedge-policies", ",".join(trace.plan.policies).encode()))
         refused = sorted({r.deployment for r in trace.plan.refusals})
         headers.append((b"x-hedge-refused", ",".join(refused).encode()))
     return headers
+
+
+def header_text(text: str, limit: int = 1000) -> bytes:
+    """Free text made safe for a header value: one line, ASCII, bounded."""
+    flat = " ".join(text.split())
+    flat = flat if len(flat) <= limit else flat[: limit - 3] + "..."
+    return flat.encode("ascii", "replace")
 
 
 def provenance_headers(p: Provenance) -> list[tuple[bytes, bytes]]:
@@ -360,6 +373,8 @@ class ChatCompletions:
             if not request.stream:
                 response = await self.gateway.chat(request, trace, caller)
                 payload = orjson.dumps(render_completion(response, request.model, trace.request_id))
+                # Recorded before the answer goes out, so feedback sent right after finds it.
+                self.gateway.record(trace, 200)
                 await send_bytes(send, 200, payload, [*JSON_HEADERS, *self.headers(trace)])
                 return trace
             chunks = await self.gateway.stream(request, trace, caller)
@@ -367,8 +382,17 @@ class ChatCompletions:
             e.headers.setdefault("x-request-id", trace.request_id)
             if trace.attempts:
                 e.headers.setdefault("x-hedge-attempts", str(len(trace.attempts)))
+            self.gateway.record(trace, e.status)
             raise
-        await _stream_out(chunks, request, trace, self.headers(trace), receive, send)
+        await _stream_out(
+            chunks,
+            request,
+            trace,
+            self.headers(trace),
+            receive,
+            send,
+            lambda status: self.gateway.record(trace, status),
+        )
         return trace
 
 
@@ -379,7 +403,10 @@ async def _stream_out(
     headers: list[tuple[bytes, bytes]],
     receive: Receive,
     send: Send,
+    finished: Callable[[int], None],
 ) -> None:
+    """Relay the chunks as SSE. `finished(status)` runs once, before the last event goes out:
+    200 for a complete stream, the error's status for a failed one, 499 when the client left."""
     renderer = ChunkRenderer(request.model, trace.request_id, request.wants_usage_in_stream)
     await send(
         {
@@ -393,16 +420,19 @@ async def _stream_out(
     try:
         async for chunk in chunks:
             if watcher.done():
+                finished(499)
                 break  # the client left: stop pulling, which stops the upstream
             event = renderer.event(chunk)
             if event is not None:
                 body["body"] = event
                 await send(body)
         else:
+            finished(200)
             await send({"type": "http.response.body", "body": DONE, "more_body": False})
             return
     except HedgeError as e:
         # Bytes are already out: the client must see a failure, never a short "complete" answer.
+        finished(e.status)
         await send({"type": "http.response.body", "body": error_event(e), "more_body": False})
         return
     finally:
