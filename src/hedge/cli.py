@@ -82,7 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _operations(sub: Any) -> None:
-    """Operator commands: drill, costs, doctor."""
+    """Operator commands: drill, costs, replay, doctor."""
+    from hedge import replay
+
+    replay.add_arguments(sub.add_parser("replay", help="replay a route on a recorded data set"))
     drill = sub.add_parser("drill", help="cut a deployment off at runtime (kill-switch drill)")
     action = drill.add_mutually_exclusive_group(required=True)
     action.add_argument("--revoke", metavar="DEPLOYMENT")
@@ -118,6 +121,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_drill(args))
         if args.command == "costs":
             return asyncio.run(_costs(args))
+        if args.command == "replay":
+            from hedge import replay
+
+            return replay.main(args)
         return _config_check(args.path)
     except ConfigError as e:
         print(f"hedge: configuration error\n{e}", file=sys.stderr)

@@ -345,12 +345,14 @@ def refusals(
         silent = Counter(o.task or "?" for o in rows if o is not None and o.response is None)
         if silent:
             silent_deployments.add(name)
-            what = ", ".join(f"{t}: {n}" for t, n in sorted(silent.items()))
+            top = sorted(silent.items(), key=lambda tn: (-tn[1], tn[0]))
+            what = ", ".join(f"{t}: {n}" for t, n in top[:5])
+            what += f" and {len(top) - 5} more tasks" if len(top) > 5 else ""
             reasons.append(
                 f"deployment '{name}' ({dep.recorded_model}): the answer text is not recorded "
                 f"for {sum(silent.values())} selected prompts ({what}), only their scores; "
                 "the answer and any validator's signal on it cannot be replayed. Fix: leave "
-                "those tasks out."
+                "those tasks out (--task)."
             )
     for i, st in enumerate(stages):
         for v in st.validators:
@@ -658,7 +660,9 @@ async def replay(
         prompts=len(ids),
         excluded=selection.excluded,
         route_figures=figures,
-        by_stage=dict(sorted(Counter(str(r.stage) for r in results if r.error is None).items())),
+        by_stage=dict(
+            sorted(Counter(str(r.stage) for r in results if r.stage is not None).items())
+        ),
         by_model=dict(Counter(r.model for r in results if r.model is not None).most_common()),
         errors=dict(errors),
         failed_calls=sum(r.failed_calls for r in results),

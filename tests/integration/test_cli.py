@@ -141,3 +141,20 @@ def test_doctor_fails_on_an_unaccepted_single_point(tmp_path: Path) -> None:
     )
     cfg.write_text(cfg.read_text().replace("[a]}", "[a], accept_single_point_of_failure: true}"))
     assert hedge("doctor", "--config", str(cfg)).returncode == 0
+
+
+def test_replay_reports_a_cascade_and_refuses_an_unrecordable_judge(tmp_path: Path) -> None:
+    from tests.unit.test_replay import DEPLOYMENTS, OUTCOMES
+
+    cfg = tmp_path / "hedge.yaml"
+    cfg.write_text(DEPLOYMENTS.format(rec=OUTCOMES))
+    out_json = tmp_path / "report.json"
+    base = ["replay", str(OUTCOMES), "--config", str(cfg), "--split", "test", "--task", "quiz"]
+    ok = hedge(*base, "--route", "two_voters", "--json", str(out_json))
+    assert ok.returncode == 0, ok.stderr
+    report = json.loads(out_json.read_text())
+    assert json.dumps(report).count("two_voters") >= 1
+    assert "cost" in ok.stdout.lower() and "oracle" in ok.stdout.lower()
+    refused = hedge(*base, "--route", "judged")
+    assert refused.returncode == 2
+    assert "judge" in (refused.stderr + refused.stdout).lower()

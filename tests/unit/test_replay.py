@@ -8,12 +8,10 @@ task `quiz` is q1..q4 (q7 is left out: acme/big has no row for it).
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 from pathlib import Path
 
 import pytest
 
-from hedge import validators
 from hedge.backends.replay import NotRecorded, ReplayBackend, load_recording
 from hedge.config import Prices, ReplayDeployment
 from hedge.errors import UpstreamError
@@ -268,13 +266,7 @@ def test_missing_recordings_are_refused(config: Path, tmp_path: Path) -> None:
 
 # ---- cascades (the executor in hedge.compose.cascade) ---------------------------------------
 
-needs_cascade = pytest.mark.skipif(
-    importlib.util.find_spec("hedge.compose.cascade") is None or not hasattr(validators, "check"),
-    reason="the cascade executor (hedge.compose.cascade) or validators.check() has not landed yet",
-)
 
-
-@needs_cascade
 def test_two_stage_agreement_cascade_by_hand(config: Path) -> None:
     # q1: tiny and small agree on A (right); q2: C vs B -> big (right); q3: both D (wrong);
     # q4: A vs B -> big (right). Both voters are paid on every prompt, big on two.
@@ -286,7 +278,6 @@ def test_two_stage_agreement_cascade_by_hand(config: Path) -> None:
     assert report.by_stage == {"1": 2, "2": 2}
 
 
-@needs_cascade
 def test_agreement_normalizes_choice_letters(config: Path) -> None:
     # q2: small says "B", mid says "B)": two votes for B, accepted at stage 1 (right).
     # Only q4 (A, B, C) escalates.

@@ -14,7 +14,8 @@ price the live call. The prompt is found from the request's last user message, e
   (e.g. `routerbench/arc-challenge.test.1`). No header is involved, so any OpenAI client can
   use it; the harness uses it for prompts whose text is recorded more than once.
 
-What the recording cannot answer is never invented:
+Sampling parameters (temperature, max_tokens...) are ignored: the answer is the one recorded,
+as it was recorded. What the recording cannot answer is never invented:
 - a prompt (or a model's row for it) that is not recorded is a non-retryable `UpstreamError`;
 - a recorded row without response text (long answers such as MBPP code are not kept) raises
   `NotRecorded`: the answer, and so any validator's signal, is not in the recording.
