@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Install the Debian packages the test suite needs, quietly and only when missing:
-#   postgresql  the server binaries (initdb, pg_ctl, createdb) tests/pg.py runs a throwaway
-#               cluster with, so the PostgreSQL ledger tests run instead of being skipped.
+#   postgresql    the server binaries (initdb, pg_ctl, createdb) tests/pg.py runs a throwaway
+#                 cluster with, so the PostgreSQL ledger tests run instead of being skipped.
+#   redis-server  the binary tests/redis_server.py runs a throwaway server with, so the Redis
+#                 cache tests run instead of being skipped.
 # Safe to run again: with everything present it touches nothing and needs no network.
 set -euo pipefail
 
-PACKAGES=(postgresql)
+PACKAGES=(postgresql redis-server)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do
@@ -31,6 +33,6 @@ fi
 echo "system-deps: installing ${missing[*]}..." >&2
 export DEBIAN_FRONTEND=noninteractive
 "${SUDO[@]}" apt-get update -qq >/dev/null
-# --no-install-recommends: the server binaries are all the tests use. (A "main" cluster the
-# package may create is left alone: tests/pg.py runs its own on a free port.)
+# --no-install-recommends: the server binaries are all the tests use. (A "main" cluster or a
+# redis service the packages may start is left alone: the tests run their own on free ports.)
 "${SUDO[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

@@ -25,7 +25,9 @@ from pydantic import (
 )
 
 from hedge.backends.quirks import provider_names, quirks_for
+from hedge.cache import CacheSettings
 from hedge.catalog import COUNTRY_CODES, Catalog, load_catalog
+from hedge.compaction import CompactionSettings
 from hedge.errors import ConfigError
 from hedge.policy import Policy, Rules
 from hedge.validators import Validator
@@ -118,6 +120,36 @@ class EmbeddedDeployment(_DeploymentBase):
             raise ValueError("set exactly one of 'bundled' or 'gguf_path'")
 
 
+class EmbeddedEmbeddingsDeployment(_DeploymentBase):
+    """A sentence-transformers embedding model in-process (pip install 'hedge[embeddings]').
+
+    Concurrent requests are merged into one encode call of at most `max_batch` texts, which
+    waits at most `max_wait_ms` for company, on the deployment's own thread."""
+
+    kind: Literal["embedded_embeddings"]
+    hosting: Hosting = "self-hosted"
+    bundled: Literal["all-minilm-l6-v2"] | None = None
+    model_path: str | None = Field(
+        default=None, description="a local sentence-transformers model folder"
+    )
+    max_batch: Annotated[int, Field(ge=1, le=4096)] = 64
+    max_wait_ms: Annotated[float, Field(ge=0, le=1000)] = 5.0
+    max_queue: Annotated[int, Field(ge=1)] = Field(
+        default=4096, description="texts waiting; past it a request is refused with a 503"
+    )
+
+    @field_validator("model_path")
+    @classmethod
+    def _not_empty(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            raise ValueError("model_path must not be empty")
+        return v
+
+    def model_post_init(self, _: Any) -> None:
+        if (self.bundled is None) == (self.model_path is None):
+            raise ValueError("set exactly one of 'bundled' or 'model_path'")
+
+
 class _HttpDeployment(_DeploymentBase):
     """A deployment reached over HTTP: only configuration may name the URL it calls."""
 
@@ -161,10 +193,14 @@ class ReplayDeployment(_DeploymentBase):
 
 
 Deployment = Annotated[
-    EmbeddedDeployment | OpenAICompatDeployment | AnthropicDeployment | ReplayDeployment,
+    EmbeddedDeployment
+    | EmbeddedEmbeddingsDeployment
+    | OpenAICompatDeployment
+    | AnthropicDeployment
+    | ReplayDeployment,
     Field(discriminator="kind"),
 ]
-DEPLOYMENT_KINDS = ("embedded", "openai_compat", "anthropic", "replay")
+DEPLOYMENT_KINDS = ("embedded", "embedded_embeddings", "openai_compat", "anthropic", "replay")
 
 
 Reasoning = Literal["none", "low", "medium", "high"] | Annotated[int, Field(ge=0)]
@@ -203,6 +239,8 @@ class Route(_Strict):
     deployments: list[str] = Field(default_factory=list)
     cascade: Cascade | None = None
     reasoning: Reasoning | None = None
+    cache: CacheSettings = CacheSettings()
+    compaction: CompactionSettings = CompactionSettings()
     policies: list[str] = Field(default_factory=list)
     strategy: Literal["fallback", "balance"] = "fallback"
     weights: dict[str, Annotated[float, Field(gt=0)]] = Field(default_factory=dict)
@@ -301,6 +339,7 @@ class Settings:
     catalog: Catalog
     secrets: dict[str, str] = field(default_factory=dict, repr=False)
     ledger_dsn: str | None = field(default=None, repr=False)
+    cache_urls: dict[str, str] = field(default_factory=dict, repr=False)  # per redis route
     warnings: tuple[str, ...] = ()
 
     def secret_for(self, deployment: str) -> str | None:
@@ -376,6 +415,7 @@ def parse(text: str, source: str, environ: dict[str, str] | None = None) -> Sett
         catalog=catalog,
         secrets=secrets,
         ledger_dsn=dsn,
+        cache_urls=_cache_urls(cfg, env, source),
         warnings=tuple(warnings),
     )
 
@@ -433,6 +473,21 @@ def _dangling_references(cfg: HedgeConfig) -> list[Problem]:
     if not cfg.routes:
         problems.append((("routes",), "no routes: define at least one route."))
     return problems
+
+
+def _cache_urls(cfg: HedgeConfig, env: dict[str, str], source: str) -> dict[str, str]:
+    urls: dict[str, str] = {}
+    for name, route in cfg.routes.items():
+        if route.cache.enabled and route.cache.backend == "redis":
+            url = env.get(route.cache.url_env)
+            if not url:
+                raise ConfigError(
+                    f"{source}: routes.{name}.cache uses redis but ${route.cache.url_env} is "
+                    "not set. Fix: export it with a Redis URL such as redis://127.0.0.1:6379/0, "
+                    "or use backend: memory or sqlite."
+                )
+            urls[name] = url
+    return urls
 
 
 def _catalog_references(cfg: HedgeConfig, catalog: Catalog) -> list[Problem]:

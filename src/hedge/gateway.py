@@ -1,4 +1,4 @@
-"""The one use case: serve a chat request on a route.
+"""The one use case: serve a chat (or embeddings) request on a route.
 
 The server parses and renders; this module plans (policy, capabilities, deployment health),
 then hands the plan to the fail-over loop. Each deployment is wrapped once at start-up:
@@ -16,12 +16,15 @@ from pathlib import Path
 from hedge import policy
 from hedge.backends.base import Backend
 from hedge.backends.http import HttpPool
+from hedge.cache import CacheStore, open_store
 from hedge.compose import cascade, fallback
 from hedge.compose.breaker import Breaker
+from hedge.compose.caching import Lookup, RouteCache
 from hedge.compose.retry import Retrying
 from hedge.config import (
     AnthropicDeployment,
     EmbeddedDeployment,
+    EmbeddedEmbeddingsDeployment,
     HedgeConfig,
     OpenAICompatDeployment,
     Settings,
@@ -38,7 +41,14 @@ from hedge.ledger import Ledger, NullLedger, open_ledger, request_record
 from hedge.provenance import all_provenance
 from hedge.trace import Trace
 from hedge.trace import current as current_trace
-from hedge.types import ChatRequest, ChatResponse, Chunk, ToolCallDelta
+from hedge.types import (
+    ChatRequest,
+    ChatResponse,
+    Chunk,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    ToolCallDelta,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +58,8 @@ class Caller:
 
     policies: tuple[str, ...] = ()
     data_class: str | None = None
+    cache_control: str | None = None  # the request's Cache-Control header
+    key: str | None = None  # the caller's API key id, never the secret
 
 
 def build_backends(settings: Settings, pool: HttpPool) -> dict[str, Backend]:
@@ -60,6 +72,10 @@ def build_backends(settings: Settings, pool: HttpPool) -> dict[str, Backend]:
             from hedge.backends.embedded import EmbeddedBackend
 
             backends[name] = EmbeddedBackend(name, dep, data_dir)
+        elif isinstance(dep, EmbeddedEmbeddingsDeployment):
+            from hedge.backends.embedded_embeddings import EmbeddedEmbeddingsBackend
+
+            backends[name] = EmbeddedEmbeddingsBackend(name, dep)
         elif isinstance(dep, OpenAICompatDeployment):
             from hedge.backends.openai_compat import OpenAICompatBackend
 
@@ -84,6 +100,7 @@ class Gateway:
         provenance: dict[str, policy.Provenance],
         windows: dict[str, int | None] | None = None,
         ledger: Ledger | None = None,
+        caches: dict[str, RouteCache] | None = None,
     ) -> None:
         self.config = config
         self.provenance = provenance
@@ -117,6 +134,7 @@ class Gateway:
         # (route, policies, data class) is planned once and then reused.
         self._plans: dict[tuple[str, tuple[str, ...], str | None], policy.Plan] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self.caches = caches or {}
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Gateway:
@@ -128,12 +146,16 @@ class Gateway:
             all_provenance(settings.config, settings.catalog),
             context_windows(settings),
             open_ledger(settings.config.ledger, settings.ledger_dsn),
+            build_caches(settings),
         )
 
     async def start(self, wait: bool = False) -> None:
         """Start every backend. Model loading runs in the background unless `wait`, so the
         server answers /healthz at once and /readyz tells when each deployment is ready."""
         await self.ledger.start()
+        for cache in self.caches.values():
+            if cache.store is not None:
+                await cache.store.start()
         self._tasks = [asyncio.create_task(b.start()) for b in self.backends.values()]
         if wait:
             await asyncio.gather(*self._tasks)
@@ -144,6 +166,8 @@ class Gateway:
         for backend in self.backends.values():
             await backend.aclose()
         await self._pool.aclose()
+        for cache in self.caches.values():
+            await cache.aclose()
         await self.ledger.aclose()  # flushes what is queued: a clean stop loses nothing
 
     def record(self, trace: Trace, status: int) -> None:
@@ -181,7 +205,10 @@ class Gateway:
         return found
 
     def plan(
-        self, request: ChatRequest, caller: Caller = Caller(), trace: Trace | None = None
+        self,
+        request: ChatRequest | EmbeddingRequest,
+        caller: Caller = Caller(),
+        trace: Trace | None = None,
     ) -> list[Retrying]:
         """The deployments to try for this request, in order. Raises when there are none,
         with every deployment's reason."""
@@ -221,14 +248,14 @@ class Gateway:
                 reasons.append(f"{name}: {state.state}: {state.detail}")
             elif (skip := breaker.refusal()) is not None:
                 reasons.append(f"{name}: {skip}")
-            elif (why := breaker.unsupported(request)) is not None:
+            elif (why := _unsupported(breaker, request)) is not None:
                 reasons.append(f"{name}: {why}")
             else:
                 admitted.append(wrapped[name])
         if admitted:
             return admitted
         reasons_text = "; ".join(reasons)
-        if all(self.breakers[n].unsupported(request) is None for n in order):
+        if all(_unsupported(self.breakers[n], request) is None for n in order):
             raise NotReady(
                 f"No deployment of model '{request.model}' is available now ({reasons_text}).",
                 headers={"Retry-After": "1"},
@@ -240,13 +267,53 @@ class Gateway:
     async def chat(
         self, request: ChatRequest, trace: Trace, caller: Caller = Caller()
     ) -> ChatResponse:
+        cache = self.caches.get(request.model)
+        if cache is not None:
+            request = cache.prepare(request)
         candidates = self.plan(request, caller, trace)
-        route = self.config.routes[request.model]
-        if route.cascade is not None:
-            return await self._cascade(request, trace, candidates)
+        lookup = await self._lookup(cache, request, caller, trace)
+        if lookup is not None and lookup.hit is not None:
+            trace.answered_by = lookup.hit.deployment
+            return lookup.hit.to_response(trace.request_id)
+        if self.config.routes[request.model].cascade is not None:
+            response = await self._cascade(request, trace, candidates)
+        else:
+            response, winner = await fallback.first_success(
+                candidates,
+                lambda c: c.complete(request),
+                self.windows,
+                self._options[request.model].hedge_after_s,
+                request.model,
+            )
+            trace.answered_by = winner.name
+        if cache is not None and lookup is not None and trace.answered_by is not None:
+            cache.remember_response(lookup, response, trace.answered_by)
+        return response
+
+    async def _lookup(
+        self, cache: RouteCache | None, request: ChatRequest, caller: Caller, trace: Trace
+    ) -> Lookup | None:
+        if cache is None or trace.plan is None:
+            return None
+        lookup = await cache.lookup(
+            request, trace.plan, caller.data_class, caller.cache_control, caller.key
+        )
+        trace.cache = lookup.header.decode()
+        return lookup
+
+    async def embed(
+        self, request: EmbeddingRequest, trace: Trace, caller: Caller = Caller()
+    ) -> EmbeddingResponse:
+        """Embeddings through the same plan, policies, breakers and fail-over as chat."""
+        candidates = self.plan(request, caller, trace)
+        if self.config.routes[request.model].cascade is not None:
+            raise Unsupported(
+                f"The model '{request.model}' is a cascade, which answers chat completions "
+                "only; embeddings need a route with plain deployments."
+            )
         response, winner = await fallback.first_success(
             candidates,
-            lambda c: c.complete(request),
+            lambda c: c.embed(request),
             self.windows,
             self._options[request.model].hedge_after_s,
             request.model,
@@ -259,12 +326,28 @@ class Gateway:
     ) -> AsyncIterator[Chunk]:
         """Returns once a deployment has produced the head of its stream: until then,
         failures move on to the next deployment without the client seeing anything."""
+        cache = self.caches.get(request.model)
+        if cache is not None:
+            request = cache.prepare(request)
         candidates = self.plan(request, caller, trace)
+        lookup = await self._lookup(cache, request, caller, trace)
+        if lookup is not None and lookup.hit is not None:
+            trace.answered_by = lookup.hit.deployment
+            return lookup.hit.stream()
         if self.config.routes[request.model].cascade is not None:
             # A draft must be whole before it can be judged: the accepted answer is then
             # replayed to the client as a stream.
             answer = await self._cascade(request, trace, candidates)
-            return replay_as_stream(answer)
+            chunks = replay_as_stream(answer)
+        else:
+            chunks = await self._stream(request, trace, candidates)
+        if cache is not None and lookup is not None and trace.answered_by is not None:
+            return cache.recording(lookup, chunks, trace.answered_by)
+        return chunks
+
+    async def _stream(
+        self, request: ChatRequest, trace: Trace, candidates: list[Retrying]
+    ) -> AsyncIterator[Chunk]:
         options = self._options[request.model]
         opened, winner = await fallback.first_success(
             candidates,
@@ -319,6 +402,13 @@ class Gateway:
         self.breakers[deployment].restore()
 
 
+def _unsupported(breaker: Breaker, request: ChatRequest | EmbeddingRequest) -> str | None:
+    """Why the deployment cannot serve this request: chat and embeddings ask differently."""
+    if isinstance(request, EmbeddingRequest):
+        return breaker.embedding_unsupported(request)
+    return breaker.unsupported(request)
+
+
 async def replay_as_stream(answer: ChatResponse) -> AsyncIterator[Chunk]:
     """A whole answer as the chunks a stream of it would have carried."""
     for choice in answer.choices:
@@ -333,6 +423,24 @@ async def replay_as_stream(answer: ChatResponse) -> AsyncIterator[Chunk]:
         )
         yield Chunk(index=choice.index, finish_reason=choice.finish_reason)
     yield Chunk(usage=answer.usage)
+
+
+def build_caches(settings: Settings) -> dict[str, RouteCache]:
+    """One cache layer per route that caches or compacts; routes with equal cache settings
+    share a store (keys include the route, so entries never mix)."""
+    stores: dict[str, CacheStore] = {}
+    out: dict[str, RouteCache] = {}
+    for name, route in settings.config.routes.items():
+        if not (route.cache.enabled or route.compaction.enabled):
+            continue
+        store = None
+        if route.cache.enabled:
+            ident = route.cache.model_dump_json() + settings.cache_urls.get(name, "")
+            if ident not in stores:
+                stores[ident] = open_store(route.cache, redis_url=settings.cache_urls.get(name))
+            store = stores[ident]
+        out[name] = RouteCache(name, route, route.cache, route.compaction, store)
+    return out
 
 
 def context_windows(settings: Settings) -> dict[str, int | None]:

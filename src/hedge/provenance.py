@@ -26,7 +26,7 @@ def provenance_of(name: str, config: HedgeConfig, catalog: Catalog) -> Provenanc
         open_weights=model.open_weights.value if model else None,
         hosting=dep.hosting,
         # An embedded model runs inside hedge: whoever operates hedge operates it.
-        operator=dep.operator or ("self" if dep.kind == "embedded" else None),
+        operator=dep.operator or ("self" if dep.kind.startswith("embedded") else None),
         operator_jurisdiction=dep.operator_jurisdiction,
         price_input=dep.prices.input,
         price_output=dep.prices.output,

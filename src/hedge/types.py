@@ -316,3 +316,118 @@ class Chunk:
     finish_reason: FinishReason | None = None
     role: Literal["assistant"] | None = None
     usage: Usage | None = None
+
+
+# ---- embeddings ---------------------------------------------------------------------------
+
+MAX_EMBEDDING_INPUTS = 2048  # OpenAI's limit on the items of one request's `input`
+
+
+def _input_kind(item: Any) -> str | None:
+    """What one item of an `input` array is: a string, a token id, an array of token ids."""
+    if isinstance(item, str):
+        return "a string"
+    if isinstance(item, int) and not isinstance(item, bool):
+        return "a token id"
+    if isinstance(item, list):
+        return "an array of token ids"
+    return None
+
+
+def _check_embedding_input(value: Any) -> None:
+    """Rules of OpenAI's `input` that a type cannot say, with the item to blame. Values of a
+    wrong type altogether are left to the field's own type check."""
+    if isinstance(value, str):
+        if not value:
+            raise FieldError("input", "'input' must not be an empty string")
+        return
+    if not isinstance(value, list):
+        return
+    if not value:
+        raise FieldError("input", "'input' must not be an empty array")
+    first = _input_kind(value[0])
+    # A flat array of token ids is one input; otherwise each item is one.
+    if first != "a token id" and len(value) > MAX_EMBEDDING_INPUTS:
+        raise FieldError(
+            "input",
+            f"'input' has {len(value)} items; send at most {MAX_EMBEDDING_INPUTS} per request",
+        )
+    for i, item in enumerate(value):
+        kind = _input_kind(item)
+        if kind is None:
+            raise FieldError(
+                f"input[{i}]",
+                "each item of 'input' must be a string, a token id or an array of token ids "
+                f"(got {'null' if item is None else type(item).__name__})",
+            )
+        if kind != first:
+            raise FieldError(
+                f"input[{i}]",
+                f"'input' mixes kinds: item 0 is {first} and item {i} is {kind}; send all "
+                "strings, all token ids or all arrays of token ids",
+            )
+        if kind == "a string" and not item:
+            raise FieldError(f"input[{i}]", "an input string must not be empty")
+        if kind == "a token id" and item < 0:
+            raise FieldError(f"input[{i}]", f"a token id is a non-negative integer (got {item})")
+        if kind == "an array of token ids":
+            if not item:
+                raise FieldError(f"input[{i}]", "an array of token ids must not be empty")
+            for j, token in enumerate(item):
+                if isinstance(token, bool) or not isinstance(token, int) or token < 0:
+                    raise FieldError(
+                        f"input[{i}][{j}]",
+                        f"a token id is a non-negative integer (got {token!r})",
+                    )
+
+
+class EmbeddingRequest(BaseModel):
+    """A validated embeddings request (OpenAI's `POST /v1/embeddings`).
+
+    As with chat, unknown top-level fields are kept in `model_extra`: OpenAI-compatible
+    upstreams receive them, every other backend refuses them by name.
+    """
+
+    model_config = ConfigDict(strict=True, frozen=True, extra="allow")
+
+    model: str = Field(min_length=1)
+    input: str | list[str] | list[int] | list[list[int]]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: PositiveInt | None = None
+    user: str | None = None
+    hedge: HedgeOptions | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _input_rules(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "input" in data:
+            _check_embedding_input(data["input"])
+        return data
+
+    @property
+    def texts(self) -> list[str] | None:
+        """The inputs as texts, in order; None when they are token ids."""
+        if isinstance(self.input, str):
+            return [self.input]
+        if all(isinstance(item, str) for item in self.input):
+            return [str(item) for item in self.input]
+        return None
+
+    @property
+    def count(self) -> int:
+        """How many vectors the answer holds: one per text or token array."""
+        if isinstance(self.input, str):
+            return 1
+        if self.input and isinstance(self.input[0], int):
+            return 1  # a flat array of token ids is one input
+        return len(self.input)
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingResponse:
+    """One vector per input, in input order, each as little-endian float32 bytes (the form
+    OpenAI's base64 encoding carries); usage counts input tokens only."""
+
+    vectors: tuple[bytes, ...]
+    usage: Usage
+    upstream_model: str = ""

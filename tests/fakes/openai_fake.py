@@ -48,6 +48,11 @@ Behaviours:
 - `no-done`: streams a complete answer but never sends `data: [DONE]`.
 - `not-json`: answers 200 with a body that is not JSON.
 
+`POST /v1/embeddings` shares the failure behaviours above (`fail-*`, `rate-limit-*`,
+`down-for-<s>`, `reset`, `blackhole`, `unauthorized`...), plus `slow-<s>` and `not-json`, and
+otherwise answers one deterministic unit vector per input (`fake_vector`); see
+`_handle_embeddings` for the size and shape behaviours.
+
 Every waiting behaviour gives up as soon as the client leaves and records that on its `Hit`
 (`outcome == "client-gone"`), which is how a test sees that hedge cancelled a request.
 """
@@ -55,8 +60,10 @@ Every waiting behaviour gives up as soon as the client leaves and records that o
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import email.utils
+import hashlib
 import json
 import math
 import re
@@ -100,7 +107,7 @@ class Hit:
         return _prefill(self.body)
 
     def mentions(self, marker: str) -> bool:
-        return marker in json.dumps(self.body.get("messages"))
+        return marker in json.dumps(self.body.get("messages", self.body.get("input")))
 
     def finish(self, outcome: str, status: int | None = None) -> None:
         if self.ended is None:
@@ -324,17 +331,44 @@ def _reset(request: web.Request, hit: Hit) -> web.Response:
     return web.Response(status=499)  # nobody reads this: the connection is gone
 
 
-async def _handle(fake: FakeOpenAI, request: web.Request) -> web.StreamResponse:
+async def _arrive(fake: FakeOpenAI, request: web.Request) -> tuple[Hit, str, int, float]:
+    """Record a request: its hit, its behaviour (the model name before any `#`), how many
+    times this model name was hit, and when it was first hit."""
     body = await request.json()
     model = str(body.get("model", ""))
-    base = model.split("#", 1)[0]
     hit = Hit(model, body, dict(request.headers), time.monotonic(), wall=time.time())
     fake.hits.append(hit)
     fake.counts[model] += 1
-    nth = fake.counts[model]
     first = fake.first_hit.setdefault(model, hit.at)
-    stream = bool(body.get("stream"))
+    return hit, model.split("#", 1)[0], fake.counts[model], first
 
+
+async def _handle(fake: FakeOpenAI, request: web.Request) -> web.StreamResponse:
+    hit, base, nth, first = await _arrive(fake, request)
+    body, model = hit.body, hit.model
+    stream = bool(body.get("stream"))
+    if (failed := await _misbehave(request, hit, base, nth, first)) is not None:
+        return failed
+    if base.startswith("slow-") or (base.startswith("first-token-") and not stream):
+        delay = _number(base, "slow-" if base.startswith("slow-") else "first-token-")
+        if await _hold(request, delay, hit):
+            return web.Response(status=499)  # the client gave up; nobody reads this
+    if base == "not-json":
+        hit.finish("answered", 200)
+        return web.Response(text="<html>oops</html>", content_type="text/html")
+
+    text, calls, finish = _answer(base, body)
+    created = int(time.time())
+    hit.usage = _usage(body, text)
+    if not stream:
+        return await _plain(request, hit, base, model, text, calls, finish, created)
+    return await _stream(request, hit, base, model, text, calls, finish, created)
+
+
+async def _misbehave(
+    request: web.Request, hit: Hit, base: str, nth: int, first: float
+) -> web.StreamResponse | None:
+    """The behaviours that fail this request (an error status, a reset, silence), or None."""
     if base == "fail-once":
         if nth == 1:
             return _error(hit, 500, "fake failure 500 (once)")
@@ -366,23 +400,77 @@ async def _handle(fake: FakeOpenAI, request: web.Request) -> web.StreamResponse:
         await _hold(request, MAX_HOLD_S, hit)
         hit.finish("client-gone")
         return web.Response(status=499)
-    elif (fixed := _fixed_error(hit, base, body)) is not None:
+    elif (fixed := _fixed_error(hit, base, hit.body)) is not None:
         return fixed
+    return None
 
-    if base.startswith("slow-") or (base.startswith("first-token-") and not stream):
-        delay = _number(base, "slow-" if base.startswith("slow-") else "first-token-")
-        if await _hold(request, delay, hit):
-            return web.Response(status=499)  # the client gave up; nobody reads this
+
+# ---- embeddings -------------------------------------------------------------------------------
+
+EMBED_DIMS = 16  # the size of a fake vector unless the model name or `dimensions` says
+
+
+def fake_vector(text: str, dims: int = EMBED_DIMS) -> list[float]:
+    """A deterministic unit vector for `text`: the same text always gets the same vector."""
+    seed = hashlib.sha256(text.encode()).digest()
+    raw: list[float] = []
+    counter = 0
+    while len(raw) < dims:
+        block = hashlib.sha256(seed + counter.to_bytes(4, "little")).digest()
+        raw += [b / 127.5 - 1.0 for b in block]
+        counter += 1
+    raw = raw[:dims]
+    norm = math.sqrt(sum(x * x for x in raw)) or 1.0
+    return [x / norm for x in raw]
+
+
+_DIMS_MODEL = re.compile(r"embed-(\d+)")
+
+
+async def _handle_embeddings(fake: FakeOpenAI, request: web.Request) -> web.StreamResponse:
+    """POST /v1/embeddings: the failure behaviours of chat by model name, `slow-<s>`,
+    `not-json`; otherwise one `fake_vector` per input. `embed-<n>` answers n-dimensional
+    vectors, `dimensions` in the request is honoured unless the model is `ignores-dimensions`;
+    `wrong-count` answers one vector too few; `encoding_format: base64` is honoured."""
+    hit, base, nth, first = await _arrive(fake, request)
+    body = hit.body
+    if (failed := await _misbehave(request, hit, base, nth, first)) is not None:
+        return failed
+    if base.startswith("slow-") and await _hold(request, _number(base, "slow-"), hit):
+        return web.Response(status=499)
     if base == "not-json":
         hit.finish("answered", 200)
         return web.Response(text="<html>oops</html>", content_type="text/html")
-
-    text, calls, finish = _answer(base, body)
-    created = int(time.time())
-    hit.usage = _usage(body, text)
-    if not stream:
-        return await _plain(request, hit, base, model, text, calls, finish, created)
-    return await _stream(request, hit, base, model, text, calls, finish, created)
+    raw = body.get("input")
+    if isinstance(raw, str):
+        texts = [raw]
+    elif isinstance(raw, list) and raw and all(isinstance(x, int) for x in raw):
+        texts = [json.dumps(raw)]  # one array of token ids
+    elif isinstance(raw, list):
+        texts = [x if isinstance(x, str) else json.dumps(x) for x in raw]
+    else:
+        return _error(hit, 400, "'input' is required", type_="invalid_request_error")
+    dims = EMBED_DIMS
+    if m := _DIMS_MODEL.fullmatch(base):
+        dims = int(m.group(1))
+    if isinstance(body.get("dimensions"), int) and base != "ignores-dimensions":
+        dims = body["dimensions"]
+    if base == "wrong-count":
+        texts = texts[:-1]
+    base64_out = body.get("encoding_format") == "base64"
+    data = []
+    for i, text in enumerate(texts):
+        vector = fake_vector(text, dims)
+        embedding: Any = (
+            base64.b64encode(struct.pack(f"<{dims}f", *vector)).decode() if base64_out else vector
+        )
+        data.append({"object": "embedding", "index": i, "embedding": embedding})
+    tokens = sum(len(t.split()) for t in texts)
+    hit.usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+    hit.finish("answered", 200)
+    return web.json_response(
+        {"object": "list", "data": data, "model": hit.model, "usage": hit.usage}
+    )
 
 
 async def _plain(
@@ -567,7 +655,11 @@ def fake_openai() -> Iterator[FakeOpenAI]:
         async def handle(request: web.Request) -> web.StreamResponse:
             return await _handle(fake, request)
 
+        async def embeddings(request: web.Request) -> web.StreamResponse:
+            return await _handle_embeddings(fake, request)
+
         app.router.add_post("/v1/chat/completions", handle)
+        app.router.add_post("/v1/embeddings", embeddings)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=2)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)

@@ -96,7 +96,7 @@ CASES = [
     invalid("model-number", body(model=4), "model", "valid string", "got a number: 4"),
     invalid("model-empty", body(model=""), "model", "at least 1 character"),
     bad("unknown-model", body(model="gpt-4o"), 404, "model_not_found", "model",
-        "'gpt-4o'", "Available models: default, gemma-3-270m, smollm2."),
+        "'gpt-4o'", "Available models: default, gemma-3-270m, minilm, smollm2."),
     bad("unknown-model-streamed", body(model="gpt-4o", stream=True), 404, "model_not_found",
         "model", "'gpt-4o'", "Available models:"),
     # ---- messages

@@ -121,9 +121,9 @@ def test_async_stream_matches_completion(embedded_gateway: Gateway, model: str) 
     assert all(c.choices and c.usage is None for c in chunks)
 
 
-def test_models_list_names_the_three_routes(embedded_gateway: Gateway) -> None:
+def test_models_list_names_the_four_routes(embedded_gateway: Gateway) -> None:
     models = sync_client(embedded_gateway).models.list()
-    assert sorted(m.id for m in models) == ["default", "gemma-3-270m", "smollm2"]
+    assert sorted(m.id for m in models) == ["default", "gemma-3-270m", "minilm", "smollm2"]
     assert all(m.object == "model" for m in models)
 
 

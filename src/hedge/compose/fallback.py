@@ -29,6 +29,14 @@ from hedge.types import ChatRequest, ChatResponse, Chunk, Message
 T = TypeVar("T")
 
 
+class Named(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+C = TypeVar("C", bound=Named)
+
+
 class Candidate(Protocol):
     """A deployment as the fail-over loop sees it."""
 
@@ -85,15 +93,15 @@ def still_eligible(
 
 
 async def first_success(
-    candidates: Sequence[Candidate],
-    call: Callable[[Candidate], Awaitable[T]],
+    candidates: Sequence[C],
+    call: Callable[[C], Awaitable[T]],
     windows: dict[str, int | None],
     hedge_after_s: float | None,
     route: str,
-) -> tuple[T, Candidate]:
+) -> tuple[T, C]:
     """Run `call` on candidates in order until one succeeds (see the module docstring)."""
     queue = list(candidates)
-    running: dict[asyncio.Task[T], Candidate] = {}
+    running: dict[asyncio.Task[T], C] = {}
     errors: list[tuple[str, HedgeError]] = []
 
     def launch() -> None:

@@ -16,7 +16,7 @@ from hedge.backends.base import DeploymentStatus
 from hedge.compose.breaker import Breaker
 from hedge.config import RetrySettings
 from hedge.errors import UpstreamError
-from hedge.types import ChatRequest, ChatResponse, Chunk
+from hedge.types import ChatRequest, ChatResponse, Chunk, EmbeddingRequest, EmbeddingResponse
 
 
 def retry_delay(
@@ -49,6 +49,9 @@ class Retrying:
     def unsupported(self, request: ChatRequest) -> str | None:
         return self.inner.unsupported(request)
 
+    def embedding_unsupported(self, request: EmbeddingRequest) -> str | None:
+        return self.inner.embedding_unsupported(request)
+
     def status(self) -> DeploymentStatus:
         return self.inner.status()
 
@@ -72,6 +75,15 @@ class Retrying:
             tried += 1
             try:
                 return await self.inner.complete(request)
+            except UpstreamError as e:
+                await self._pause(e, tried)
+
+    async def embed(self, request: EmbeddingRequest) -> EmbeddingResponse:
+        tried = 0
+        while True:
+            tried += 1
+            try:
+                return await self.inner.embed(request)
             except UpstreamError as e:
                 await self._pause(e, tried)
 

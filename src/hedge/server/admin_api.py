@@ -47,7 +47,7 @@ class AdminApi:
             )
 
     def deployments(self) -> dict[str, Any]:
-        out = {}
+        out: dict[str, dict[str, Any]] = {}
         for name, breaker in self.gateway.breakers.items():
             s = breaker.status()
             out[name] = {
@@ -56,6 +56,8 @@ class AdminApi:
                 "breaker": s.breaker,
                 "revoked": breaker.revoked is not None,
             }
+            if s.stats is not None:
+                out[name]["stats"] = dict(s.stats)
         return {"deployments": out}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 
 from hedge.errors import HedgeError, MethodNotAllowed, ModelNotFound, NotFound
 from hedge.gateway import Gateway
-from hedge.server import openai_api
+from hedge.server import anthropic_api, openai_api
 from hedge.server.admin_api import AdminApi
 from hedge.server.asgi import (
     ClientGone,
@@ -22,6 +22,7 @@ from hedge.server.asgi import (
     send_error,
     send_json,
 )
+from hedge.server.embeddings_api import Embeddings
 from hedge.server.feedback_api import FeedbackApi
 
 log = logging.getLogger("hedge.server")
@@ -33,6 +34,8 @@ class HedgeApp:
     ) -> None:
         self.gateway = gateway
         self._chat = openai_api.ChatCompletions(gateway, gateway.config.server.max_body_bytes)
+        self._embeddings = Embeddings(gateway, gateway.config.server.max_body_bytes)
+        self._messages = anthropic_api.Messages(gateway, gateway.config.server.max_body_bytes)
         self._admin = AdminApi(gateway, admin_key)
         self._feedback = FeedbackApi(gateway.ledger)
         self._wait = wait_for_models
@@ -101,6 +104,11 @@ class HedgeApp:
         if path == "/v1/chat/completions":
             _allow(method, "POST", path)
             await self._chat(scope, receive, send)
+        elif path == "/v1/embeddings":
+            _allow(method, "POST", path)
+            await self._embeddings(scope, receive, send)
+        elif path == "/v1/messages":
+            await self._messages(scope, receive, send)
         elif path == "/v1/feedback":
             await self._feedback(scope, receive, send)
         elif path == "/v1/models":

@@ -11,7 +11,7 @@ import contextlib
 import re
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from pydantic import BaseModel, ValidationError
@@ -32,11 +32,19 @@ from hedge.server.asgi import (
     send_bytes,
 )
 from hedge.trace import Trace
-from hedge.types import ChatRequest, ChatResponse, Chunk, FieldError, Usage
+from hedge.types import ChatRequest, ChatResponse, Chunk, EmbeddingRequest, FieldError, Usage
+
+M = TypeVar("M", bound=BaseModel)
 
 
 def parse_chat_request(body: bytes) -> ChatRequest:
     """Bytes -> ChatRequest, or an InvalidRequest that says what is wrong and where."""
+    return parse_body(body, ChatRequest)
+
+
+def parse_body(body: bytes, model: type[M]) -> M:
+    """Bytes -> a validated request `model`, or an InvalidRequest that says what is wrong
+    and where."""
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as e:
@@ -46,7 +54,7 @@ def parse_chat_request(body: bytes) -> ChatRequest:
             f"The request body must be a JSON object, not {_json_kind(data)}.", code="invalid_json"
         )
     try:
-        return ChatRequest.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as e:
         message, param = describe_validation(e)
         raise InvalidRequest(message, param=param) from None
@@ -298,6 +306,8 @@ def trace_headers(trace: Trace) -> list[tuple[bytes, bytes]]:
         (b"x-hedge-attempts", str(len(trace.attempts) or 1).encode()),
         (b"x-hedge-overhead-ms", f"{trace.overhead_ms():.3f}".encode()),
     ]
+    if trace.cache is not None:
+        headers.append((b"x-hedge-cache", trace.cache.encode()))
     if trace.stage is not None:
         headers.append((b"x-hedge-stage", str(trace.stage).encode()))
         verdict = {True: b"accepted", False: b"rejected", None: b"unvalidated"}[trace.accepted]
@@ -332,7 +342,7 @@ def provenance_headers(p: Provenance) -> list[tuple[bytes, bytes]]:
     return [(k, (v or "unknown").encode()) for k, v in facts.items()]
 
 
-def caller_of(scope: Scope, request: ChatRequest) -> Caller:
+def caller_of(scope: Scope, request: ChatRequest | EmbeddingRequest) -> Caller:
     """The narrowing a request asks for, in its headers or its body's `hedge` field: more
     policies (both sources add up) and a data class (they must agree)."""
     raw = (header(scope, b"x-hedge-policy") or b"").decode("latin-1")
@@ -349,7 +359,12 @@ def caller_of(scope: Scope, request: ChatRequest) -> Caller:
                     param="hedge.data_class",
                 )
             data_class = options.data_class
-    return Caller(policies=tuple(dict.fromkeys(policies)), data_class=data_class)
+    control = header(scope, b"cache-control")
+    return Caller(
+        policies=tuple(dict.fromkeys(policies)),
+        data_class=data_class,
+        cache_control=control.decode("latin-1") if control else None,
+    )
 
 
 class ChatCompletions:
