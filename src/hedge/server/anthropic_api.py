@@ -58,10 +58,10 @@ from hedge.server.asgi import (
 )
 from hedge.server.asgi import Message as AsgiMessage
 from hedge.server.openai_api import (
-    _json_kind,
-    _not_json,
     caller_of,
     describe_validation,
+    json_kind,
+    not_json,
     provenance_headers,
     trace_headers,
 )
@@ -358,7 +358,7 @@ def parse_messages_request(body: bytes) -> ChatRequest:
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as e:
-        raise InvalidRequest(_not_json(body, e), code="invalid_json") from None
+        raise InvalidRequest(not_json(body, e), code="invalid_json") from None
     return messages_to_chat(data)
 
 
@@ -367,7 +367,7 @@ def messages_to_chat(body: Any) -> ChatRequest:
     Unsupported, for real block types the gateway cannot carry) naming the field at fault."""
     if not isinstance(body, dict):
         raise InvalidRequest(
-            f"The request body must be a JSON object, not {_json_kind(body)}.", code="invalid_json"
+            f"The request body must be a JSON object, not {json_kind(body)}.", code="invalid_json"
         )
     try:
         parsed = MessagesBody.model_validate(body)

@@ -48,10 +48,10 @@ def parse_body(body: bytes, model: type[M]) -> M:
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as e:
-        raise InvalidRequest(_not_json(body, e), code="invalid_json") from None
+        raise InvalidRequest(not_json(body, e), code="invalid_json") from None
     if not isinstance(data, dict):
         raise InvalidRequest(
-            f"The request body must be a JSON object, not {_json_kind(data)}.", code="invalid_json"
+            f"The request body must be a JSON object, not {json_kind(data)}.", code="invalid_json"
         )
     try:
         return model.model_validate(data)
@@ -60,7 +60,7 @@ def parse_body(body: bytes, model: type[M]) -> M:
         raise InvalidRequest(message, param=param) from None
 
 
-def _not_json(body: bytes, error: orjson.JSONDecodeError) -> str:
+def not_json(body: bytes, error: orjson.JSONDecodeError) -> str:
     if not body.strip():
         return "The request body is empty: send a JSON object."
     try:
@@ -84,7 +84,7 @@ _KINDS: dict[type, str] = {
 }
 
 
-def _json_kind(value: Any) -> str:
+def json_kind(value: Any) -> str:
     return "null" if value is None else _KINDS.get(type(value), type(value).__name__)
 
 
@@ -154,7 +154,7 @@ def describe_validation(err: ValidationError) -> tuple[str, str | None]:
         msg = "Input should be " + " or ".join(kinds)
     value = best.get("input")
     if kind.endswith("_type") or kind in _SHOW_INPUT:
-        msg += f" (got {_json_kind(value)}: {_short(value)})"
+        msg += f" (got {json_kind(value)}: {_short(value)})"
     hint = _HINTS.get((kind, type(value)))
     path = format_path(loc)
     text = f"Invalid request body: {msg}." if not loc else f"Invalid '{path}': {msg}."
