@@ -290,7 +290,9 @@ class ServerSettings(_Strict):
     max_body_bytes: Annotated[int, Field(ge=1024)] = 4 * 1024 * 1024
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     data_dir: str = Field(
-        default="~/.cache/hedge", description="where hedge keeps assembled model files"
+        default="~/.cache/hedge",
+        description="where hedge keeps assembled model files",
+        validate_default=True,  # so the default is expanded too, not taken as a relative path
     )
     admin_key_env: str | None = Field(
         default=None,
@@ -307,7 +309,7 @@ class LedgerSettings(_Strict):
     """Where attempts and outcomes are recorded, off the hot path in batches."""
 
     backend: Literal["sqlite", "postgres", "none"] = "sqlite"
-    path: str = "~/.cache/hedge/ledger.db"
+    path: str = Field(default="~/.cache/hedge/ledger.db", validate_default=True)
     url_env: str = Field(default="HEDGE_LEDGER_URL", description="PostgreSQL DSN variable")
     flush_interval_s: Annotated[float, Field(gt=0, le=60)] = 0.5
     batch_size: Annotated[int, Field(ge=1, le=100_000)] = 500

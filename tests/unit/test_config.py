@@ -216,3 +216,11 @@ def test_cascade_routes_are_checked() -> None:
     assert "unknown deployment 'ghost'" in problem(ghost)
     bad_kind = CASCADE.replace("kind: judge", "kind: vibes")
     assert "routes.chat.cascade.stages[0].validators[0]" in problem(bad_kind)
+
+
+def test_default_paths_are_expanded_never_relative_to_the_working_directory() -> None:
+    from hedge.cache import CacheSettings
+
+    s = config.load(None)
+    for path in (s.config.server.data_dir, s.config.ledger.path, CacheSettings().path):
+        assert Path(path).is_absolute() and "~" not in path, path

@@ -60,7 +60,9 @@ class CacheSettings(BaseModel):
         description="answers larger than this are not stored (for redis, the only bound "
         "hedge enforces; the server's maxmemory policy bounds the total)",
     )
-    path: str = Field(default="~/.cache/hedge/cache.db", description="sqlite: the file")
+    path: str = Field(
+        default="~/.cache/hedge/cache.db", description="sqlite: the file", validate_default=True
+    )
     url_env: str = Field(default="HEDGE_CACHE_URL", description="redis: the DSN variable")
     key_prefix: str = Field(default="hedge:cache:", description="redis: namespace of keys")
     timeout_s: Annotated[float, Field(gt=0, le=10)] = Field(
