@@ -32,12 +32,10 @@ What has no neutral counterpart, and how it is handled:
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import os
 import re
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -48,12 +46,12 @@ from hedge.errors import HedgeError, InvalidRequest, MethodNotAllowed, Unsupport
 from hedge.gateway import Gateway
 from hedge.server.asgi import (
     JSON_HEADERS,
-    SSE_HEADERS,
     ClientGone,
     Receive,
     Scope,
     Send,
     read_body,
+    relay_events,
     send_bytes,
 )
 from hedge.server.asgi import Message as AsgiMessage
@@ -823,6 +821,9 @@ class StreamEncoder:
             self._usage = chunk.usage
         return b"".join(out)
 
+    def error(self, error: HedgeError) -> bytes:
+        return error_event(error)
+
     def finish(self) -> bytes:
         reason = stop_reason(self._finish, bool(self._tools))
         delta = {"stop_reason": reason, "stop_sequence": None}
@@ -995,7 +996,7 @@ class Messages:
                 e.headers.setdefault("x-hedge-attempts", str(len(trace.attempts)))
             self.gateway.record(trace, e.status)
             raise
-        await stream_out(
+        await relay_events(
             chunks,
             StreamEncoder(request.model, trace.request_id),
             self.headers(trace),
@@ -1008,50 +1009,3 @@ class Messages:
 async def send_error(send: Send, error: HedgeError) -> None:
     headers = [(k.lower().encode(), v.encode()) for k, v in error.headers.items()]
     await send_bytes(send, error.status, orjson.dumps(error_body(error)), [*JSON_HEADERS, *headers])
-
-
-async def stream_out(
-    chunks: AsyncIterator[Chunk],
-    encoder: StreamEncoder,
-    headers: list[tuple[bytes, bytes]],
-    receive: Receive,
-    send: Send,
-    finished: Callable[[int], None],
-) -> None:
-    """Relay the chunks as Messages API events. `finished(status)` runs once, before the last
-    event goes out: 200 for a complete stream, the error's status for a failed one (the
-    client sees an `error` event), 499 when the client left."""
-    await send({"type": "http.response.start", "status": 200, "headers": [*SSE_HEADERS, *headers]})
-    await send({"type": "http.response.body", "body": encoder.start(), "more_body": True})
-    watcher = asyncio.create_task(_wait_disconnect(receive))
-    try:
-        async for chunk in chunks:
-            if watcher.done():
-                finished(499)
-                break  # the client left: stop pulling, which stops the upstream
-            events = encoder.feed(chunk)
-            if events:
-                await send({"type": "http.response.body", "body": events, "more_body": True})
-        else:
-            last = encoder.finish()
-            finished(200)
-            await send({"type": "http.response.body", "body": last, "more_body": False})
-            return
-    except HedgeError as e:
-        # Bytes are already out: the client must see a failure, never a short "complete" answer.
-        finished(e.status)
-        await send({"type": "http.response.body", "body": error_event(e), "more_body": False})
-        return
-    finally:
-        watcher.cancel()
-        with contextlib.suppress(BaseException):
-            await watcher
-        aclose = getattr(chunks, "aclose", None)
-        if aclose is not None:
-            await aclose()
-    await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-
-async def _wait_disconnect(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass

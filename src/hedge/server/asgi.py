@@ -6,12 +6,15 @@ bounded body read, pre-encoded header names, and JSON bytes written in one send.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
-from typing import Any
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableMapping
+from typing import Any, Protocol
 
 import orjson
 
 from hedge.errors import HedgeError, InvalidRequest, PayloadTooLarge
+from hedge.types import Chunk
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -96,3 +99,64 @@ async def send_error(
 ) -> None:
     headers = [(k.lower().encode(), v.encode()) for k, v in error.headers.items()]
     await send_json(send, error.status, error.body(), [*headers, *extra])
+
+
+class EventEncoder(Protocol):
+    """One stream's wire encoding: what goes first, per chunk, last, and on failure."""
+
+    def start(self) -> bytes: ...
+
+    def feed(self, chunk: Chunk) -> bytes | None: ...
+
+    def finish(self) -> bytes: ...
+
+    def error(self, error: HedgeError) -> bytes: ...
+
+
+async def relay_events(
+    chunks: AsyncIterator[Chunk],
+    encoder: EventEncoder,
+    headers: list[tuple[bytes, bytes]],
+    receive: Receive,
+    send: Send,
+    finished: Callable[[int], None],
+) -> None:
+    """Relay a stream as server-sent events. `finished(status)` runs once, before the last
+    event goes out: 200 for a complete stream, the error's status for a failed one (the
+    client sees the encoder's error event, never a short answer presented as complete), 499
+    when the client left (then the upstream is closed too)."""
+    await send({"type": "http.response.start", "status": 200, "headers": [*SSE_HEADERS, *headers]})
+    opening = encoder.start()
+    if opening:
+        await send({"type": "http.response.body", "body": opening, "more_body": True})
+    watcher = asyncio.create_task(_wait_disconnect(receive))
+    try:
+        async for chunk in chunks:
+            if watcher.done():
+                finished(499)
+                break
+            event = encoder.feed(chunk)
+            if event:
+                await send({"type": "http.response.body", "body": event, "more_body": True})
+        else:
+            last = encoder.finish()
+            finished(200)
+            await send({"type": "http.response.body", "body": last, "more_body": False})
+            return
+    except HedgeError as e:
+        finished(e.status)
+        await send({"type": "http.response.body", "body": encoder.error(e), "more_body": False})
+        return
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(BaseException):
+            await watcher
+        aclose = getattr(chunks, "aclose", None)
+        if aclose is not None:
+            await aclose()
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _wait_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass

@@ -6,11 +6,8 @@ Rendering is a set of pure functions so the exact bytes a client sees can be tes
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import re
 import time
-from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 import orjson
@@ -23,12 +20,12 @@ from hedge.gateway import Caller, Gateway
 from hedge.policy import Provenance
 from hedge.server.asgi import (
     JSON_HEADERS,
-    SSE_HEADERS,
     Receive,
     Scope,
     Send,
     header,
     read_body,
+    relay_events,
     send_bytes,
 )
 from hedge.trace import Trace
@@ -239,6 +236,18 @@ class ChunkRenderer:
         self._include_usage = include_usage
         self._started: set[int] = set()
 
+    def start(self) -> bytes:
+        return b""
+
+    def finish(self) -> bytes:
+        return DONE
+
+    def error(self, error: HedgeError) -> bytes:
+        return error_event(error)
+
+    def feed(self, chunk: Chunk) -> bytes | None:
+        return self.event(chunk)
+
     def event(self, chunk: Chunk) -> bytes | None:
         """The SSE bytes for one chunk: its delta, then its usage (when asked for), or None."""
         delta: dict[str, Any] = {}
@@ -399,67 +408,12 @@ class ChatCompletions:
                 e.headers.setdefault("x-hedge-attempts", str(len(trace.attempts)))
             self.gateway.record(trace, e.status)
             raise
-        await _stream_out(
+        await relay_events(
             chunks,
-            request,
-            trace,
+            ChunkRenderer(request.model, trace.request_id, request.wants_usage_in_stream),
             self.headers(trace),
             receive,
             send,
             lambda status: self.gateway.record(trace, status),
         )
         return trace
-
-
-async def _stream_out(
-    chunks: AsyncIterator[Chunk],
-    request: ChatRequest,
-    trace: Trace,
-    headers: list[tuple[bytes, bytes]],
-    receive: Receive,
-    send: Send,
-    finished: Callable[[int], None],
-) -> None:
-    """Relay the chunks as SSE. `finished(status)` runs once, before the last event goes out:
-    200 for a complete stream, the error's status for a failed one, 499 when the client left."""
-    renderer = ChunkRenderer(request.model, trace.request_id, request.wants_usage_in_stream)
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 200,
-            "headers": [*SSE_HEADERS, *headers],
-        }
-    )
-    watcher = asyncio.create_task(_wait_disconnect(receive))
-    body = {"type": "http.response.body", "body": b"", "more_body": True}
-    try:
-        async for chunk in chunks:
-            if watcher.done():
-                finished(499)
-                break  # the client left: stop pulling, which stops the upstream
-            event = renderer.event(chunk)
-            if event is not None:
-                body["body"] = event
-                await send(body)
-        else:
-            finished(200)
-            await send({"type": "http.response.body", "body": DONE, "more_body": False})
-            return
-    except HedgeError as e:
-        # Bytes are already out: the client must see a failure, never a short "complete" answer.
-        finished(e.status)
-        await send({"type": "http.response.body", "body": error_event(e), "more_body": False})
-        return
-    finally:
-        watcher.cancel()
-        with contextlib.suppress(BaseException):
-            await watcher
-        aclose = getattr(chunks, "aclose", None)
-        if aclose is not None:
-            await aclose()
-    await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-
-async def _wait_disconnect(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
