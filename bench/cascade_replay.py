@@ -68,15 +68,14 @@ from hedge.replay import (
     ReplayReport,
     Split,
     choose,
-    figures_table,
     oracle,
-    plot_frontier,
     ratios,
     recorded_outcome,
     replay,
     select_prompts,
     single_model,
 )
+from hedge.replay_report import figures_table, plot_frontier
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data"

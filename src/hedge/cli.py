@@ -83,9 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _operations(sub: Any) -> None:
     """Operator commands: drill, costs, replay, doctor."""
-    from hedge import replay
+    from hedge import replay_report
 
-    replay.add_arguments(sub.add_parser("replay", help="replay a route on a recorded data set"))
+    replay_report.add_arguments(
+        sub.add_parser("replay", help="replay a route on a recorded data set")
+    )
     drill = sub.add_parser("drill", help="cut a deployment off at runtime (kill-switch drill)")
     action = drill.add_mutually_exclusive_group(required=True)
     action.add_argument("--revoke", metavar="DEPLOYMENT")
@@ -122,9 +124,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "costs":
             return asyncio.run(_costs(args))
         if args.command == "replay":
-            from hedge import replay
+            from hedge import replay_report
 
-            return replay.main(args)
+            return replay_report.main(args)
         return _config_check(args.path)
     except ConfigError as e:
         print(f"hedge: configuration error\n{e}", file=sys.stderr)
