@@ -421,7 +421,11 @@ async def replay_as_stream(answer: ChatResponse) -> AsyncIterator[Chunk]:
             ),
             role="assistant",
         )
-        yield Chunk(index=choice.index, finish_reason=choice.finish_reason)
+        yield Chunk(
+            index=choice.index,
+            finish_reason=choice.finish_reason,
+            stop_sequence=choice.stop_sequence,
+        )
     yield Chunk(usage=answer.usage)
 
 

@@ -283,6 +283,9 @@ class Choice:
     tool_calls: tuple[ToolCall, ...] = ()
     reasoning: str | None = None
     refusal: str | None = None
+    # Which of the request's stop sequences ended the answer, where the upstream says so
+    # (Anthropic does, OpenAI's wire does not): the Messages front door reports it.
+    stop_sequence: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -316,6 +319,7 @@ class Chunk:
     finish_reason: FinishReason | None = None
     role: Literal["assistant"] | None = None
     usage: Usage | None = None
+    stop_sequence: str | None = None  # with finish_reason, as in Choice
 
 
 # ---- embeddings ---------------------------------------------------------------------------

@@ -108,8 +108,19 @@ def _last_text(messages: list[dict[str, Any]]) -> str:
     return ""
 
 
+def _until_stop(text: str, body: dict[str, Any]) -> tuple[str, str, str | None]:
+    """As Anthropic does: the text is cut before the first of the request's stop sequences,
+    which is then named in the answer."""
+    found = [(text.find(s), s) for s in body.get("stop_sequences") or () if s in text]
+    if not found:
+        return text, "end_turn", None
+    at, sequence = min(found)
+    return text[:at], "stop_sequence", sequence
+
+
 def _reply(body: dict[str, Any]) -> dict[str, Any]:
     messages = body["messages"]
+    stop_sequence: str | None = None
     text = _last_text(messages)
     answered = any(b["type"] == "tool_result" for b in messages[-1]["content"])
     content: list[dict[str, Any]]
@@ -119,8 +130,8 @@ def _reply(body: dict[str, Any]) -> dict[str, Any]:
         content = [{**call, "input": {"text": text}}]
         stop_reason = "tool_use"
     else:
-        content = [{"type": "text", "text": f"echo: {text}"}]
-        stop_reason = "end_turn"
+        reply, stop_reason, stop_sequence = _until_stop(f"echo: {text}", body)
+        content = [{"type": "text", "text": reply}]
     words = sum(len(_last_text([m]).split()) for m in messages)
     return {
         "id": f"msg_fake{len(messages):04d}",
@@ -129,7 +140,7 @@ def _reply(body: dict[str, Any]) -> dict[str, Any]:
         "model": body.get("model", ""),
         "content": content,
         "stop_reason": stop_reason,
-        "stop_sequence": None,
+        "stop_sequence": stop_sequence if stop_reason == "stop_sequence" else None,
         "usage": {"input_tokens": words, "output_tokens": len(json.dumps(content)) // 10},
     }
 
@@ -160,7 +171,10 @@ def _events(message: dict[str, Any], trigger: str) -> list[dict[str, Any]]:
     events.append(
         {
             "type": "message_delta",
-            "delta": {"stop_reason": message["stop_reason"], "stop_sequence": None},
+            "delta": {
+                "stop_reason": message["stop_reason"],
+                "stop_sequence": message["stop_sequence"],
+            },
             "usage": {"output_tokens": message["usage"]["output_tokens"]},
         }
     )

@@ -325,6 +325,28 @@ def test_anthropic_upstream_round_trip(loop_gw: Loopback) -> None:
     ]
 
 
+@pytest.mark.parametrize("streamed", [False, True])
+def test_the_stop_sequence_that_ended_the_answer_is_named(
+    loop_gw: Loopback, streamed: bool
+) -> None:
+    """The Anthropic upstream cuts at a stop sequence and names it; that name reaches the
+    client through hedge, where a plain end of turn would hide why the answer is short."""
+    api = client(loop_gw.gw)
+    asked = [user("one two three four")]
+    if streamed:
+        with api.messages.stream(
+            model="claude", max_tokens=64, messages=asked, stop_sequences=["zzz", "three"]
+        ) as stream:
+            message = stream.get_final_message()
+    else:
+        message = api.messages.create(
+            model="claude", max_tokens=64, messages=asked, stop_sequences=["zzz", "three"]
+        )
+    assert text_of(message) == "echo: one two "
+    assert (message.stop_reason, message.stop_sequence) == ("stop_sequence", "three")
+    assert loop_gw.claude.bodies[-1]["stop_sequences"] == ["zzz", "three"]
+
+
 def test_fail_over_behind_the_messages_door(loop_gw: Loopback) -> None:
     raw = client(loop_gw.gw).messages.with_raw_response.create(
         model="failover", max_tokens=16, messages=[user("still there?")]

@@ -616,8 +616,13 @@ def test_stop_reason(finish: Any, tools: bool, stop: str | None, expected: str) 
 
 
 def test_stop_sequence_when_known() -> None:
-    message = chat_to_message(response(), "m", "msg_1", stop_sequence="END")
+    message = chat_to_message(response(stop_sequence="END"), "m", "msg_1")
     assert (message["stop_reason"], message["stop_sequence"]) == ("stop_sequence", "END")
+
+
+def test_a_stop_sequence_beside_another_finish_is_not_reported() -> None:
+    message = chat_to_message(response(finish_reason="length", stop_sequence="END"), "m", "x")
+    assert (message["stop_reason"], message["stop_sequence"]) == ("max_tokens", None)
 
 
 def test_tool_calls_become_tool_use_blocks_with_parsed_input() -> None:

@@ -65,7 +65,7 @@ TOOL_ANSWER = CachedAnswer(
 
 MULTI = CachedAnswer(
     choices=(
-        Choice(0, "first", "stop", refusal=None),
+        Choice(0, "first", "stop", refusal=None, stop_sequence="END"),
         Choice(1, "", "length"),
         Choice(2, "déjà vu ✓ 🙂", "stop", refusal="no"),
     ),

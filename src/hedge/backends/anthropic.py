@@ -343,6 +343,12 @@ def _finish(value: Any) -> FinishReason:
     return _FINISH.get(value, "stop") if isinstance(value, str) else "stop"
 
 
+def _stop_sequence(message: Any) -> str | None:
+    """The stop sequence that ended a message (or a message_delta's delta), if one did."""
+    value = message.get("stop_sequence") if message.get("stop_reason") == "stop_sequence" else None
+    return value if isinstance(value, str) else None
+
+
 def _usage(raw: Any) -> Usage:
     if not isinstance(raw, dict):
         return Usage()
@@ -386,6 +392,7 @@ def from_wire(payload: Any, deployment_name: str) -> ChatResponse:
             finish_reason=_finish(payload["stop_reason"]),
             tool_calls=tuple(calls),
             reasoning="".join(thinking) if thinking else None,
+            stop_sequence=_stop_sequence(payload),
         )
         return ChatResponse(
             choices=(choice,),
@@ -496,7 +503,11 @@ class StreamTranslator:
         stop_reason = event["delta"].get("stop_reason")
         if isinstance(stop_reason, str):
             self.finish_reason = _finish(stop_reason)
-            chunks.append(Chunk(finish_reason=self.finish_reason))
+            chunks.append(
+                Chunk(
+                    finish_reason=self.finish_reason, stop_sequence=_stop_sequence(event["delta"])
+                )
+            )
         usage = event.get("usage")
         if isinstance(usage, dict):
             # message_delta's counts are cumulative and may restate the input side too.

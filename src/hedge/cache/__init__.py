@@ -157,7 +157,13 @@ class CachedAnswer:
                 )
             )
             out += [Chunk(index=choice.index, content=p) for p in pieces[1:]]
-            out.append(Chunk(index=choice.index, finish_reason=choice.finish_reason))
+            out.append(
+                Chunk(
+                    index=choice.index,
+                    finish_reason=choice.finish_reason,
+                    stop_sequence=choice.stop_sequence,
+                )
+            )
         out.append(Chunk(usage=self.usage))
         return out
 
@@ -192,6 +198,7 @@ class CachedAnswer:
                         "tools": [[t.id, t.name, t.arguments] for t in c.tool_calls],
                         "reasoning": c.reasoning,
                         "refusal": c.refusal,
+                        "stop": c.stop_sequence,
                     }
                     for c in self.choices
                 ],
@@ -277,6 +284,7 @@ def _choice(c: Any) -> Choice:
         tool_calls=tuple(tools),
         reasoning=_opt_str(c["reasoning"]),
         refusal=_opt_str(c["refusal"]),
+        stop_sequence=_opt_str(c.get("stop")),
     )
 
 
@@ -291,6 +299,7 @@ class StreamRecorder:
         self._reasoning: dict[int, list[str]] = {}
         self._tools: dict[int, dict[int, list[str | None]]] = {}
         self._finish: dict[int, FinishReason | None] = {}
+        self._stop_sequence: dict[int, str] = {}
         self._usage: Usage | None = None
 
     def add(self, chunk: Chunk) -> None:
@@ -321,6 +330,8 @@ class StreamRecorder:
                 call[2] = (call[2] or "") + delta.arguments
         if chunk.finish_reason is not None:
             self._finish[i] = chunk.finish_reason
+        if chunk.stop_sequence is not None:
+            self._stop_sequence[i] = chunk.stop_sequence
 
     def answer(self, *, upstream_model: str = "", deployment: str = "") -> CachedAnswer | None:
         if not self._finish or any(f is None for f in self._finish.values()):
@@ -341,6 +352,7 @@ class StreamRecorder:
                     finish_reason=self._finish[i],
                     tool_calls=tuple(calls),
                     reasoning=None if reasoning is None else "".join(reasoning),
+                    stop_sequence=self._stop_sequence.get(i),
                 )
             )
         return CachedAnswer(

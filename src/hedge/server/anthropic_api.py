@@ -687,9 +687,7 @@ def _tool_message(block: ToolResultBlock) -> dict[str, Any]:
 # ---- response: ChatResponse -> Messages (pure) --------------------------------------------
 
 
-def stop_reason(
-    finish: FinishReason | None, called_tools: bool, stop_sequence: str | None = None
-) -> str:
+def stop_reason(finish: FinishReason | None, called_tools: bool, stop_sequence: str | None) -> str:
     """A neutral finish reason as a Messages API stop_reason. Tool calls win over "stop" (some
     servers say "stop" beside tool calls, and Anthropic clients loop on "tool_use")."""
     if finish == "length":
@@ -712,12 +710,11 @@ def render_usage(usage: Usage) -> dict[str, int]:
     }
 
 
-def chat_to_message(
-    response: ChatResponse, model: str, request_id: str, stop_sequence: str | None = None
-) -> dict[str, Any]:
+def chat_to_message(response: ChatResponse, model: str, request_id: str) -> dict[str, Any]:
     """A neutral response -> a Messages API message (its first choice: the Messages API has
     one). Raises UpstreamError when a tool call's arguments are not a JSON object."""
     choice = response.choices[0]
+    stop_sequence = choice.stop_sequence if choice.finish_reason == "stop" else None
     reason = stop_reason(choice.finish_reason, bool(choice.tool_calls), stop_sequence)
     return {
         "id": request_id,
@@ -787,6 +784,7 @@ class StreamEncoder:
         self._open: tuple[str, int] | None = None  # (kind, tool call index or -1)
         self._tools: set[int] = set()
         self._finish: FinishReason | None = None
+        self._stop_sequence: str | None = None
         self._usage = Usage()
 
     def start(self) -> bytes:
@@ -817,6 +815,7 @@ class StreamEncoder:
             out += self._tool(delta)
         if chunk.finish_reason is not None:
             self._finish = chunk.finish_reason
+            self._stop_sequence = chunk.stop_sequence if chunk.finish_reason == "stop" else None
         if chunk.usage is not None:
             self._usage = chunk.usage
         return b"".join(out)
@@ -825,8 +824,9 @@ class StreamEncoder:
         return error_event(error)
 
     def finish(self) -> bytes:
-        reason = stop_reason(self._finish, bool(self._tools))
-        delta = {"stop_reason": reason, "stop_sequence": None}
+        reason = stop_reason(self._finish, bool(self._tools), self._stop_sequence)
+        stop_sequence = self._stop_sequence if reason == "stop_sequence" else None
+        delta = {"stop_reason": reason, "stop_sequence": stop_sequence}
         return b"".join(
             [
                 *self._close(),
