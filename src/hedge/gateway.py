@@ -248,14 +248,14 @@ class Gateway:
                 reasons.append(f"{name}: {state.state}: {state.detail}")
             elif (skip := breaker.refusal()) is not None:
                 reasons.append(f"{name}: {skip}")
-            elif (why := _unsupported(breaker, request)) is not None:
+            elif (why := self._unsupported(name, request)) is not None:
                 reasons.append(f"{name}: {why}")
             else:
                 admitted.append(wrapped[name])
         if admitted:
             return admitted
         reasons_text = "; ".join(reasons)
-        if all(_unsupported(self.breakers[n], request) is None for n in order):
+        if all(self._unsupported(n, request) is None for n in order):
             raise NotReady(
                 f"No deployment of model '{request.model}' is available now ({reasons_text}).",
                 headers={"Retry-After": "1"},
@@ -395,18 +395,25 @@ class Gateway:
         trace.accepted = result.accepted
         return result.response
 
+    def _unsupported(self, deployment: str, request: ChatRequest | EmbeddingRequest) -> str | None:
+        """Why the deployment cannot serve this request: first what its model is (an
+        OpenAI-compatible server is asked for chat or embeddings alike, but a chat model
+        cannot embed), then what its backend can do."""
+        breaker = self.breakers[deployment]
+        serves = self.provenance[deployment].serves
+        if isinstance(request, EmbeddingRequest):
+            if serves == "chat":
+                return f"its model '{self.provenance[deployment].model}' is a chat model"
+            return breaker.embedding_unsupported(request)
+        if serves == "embedding":
+            return f"its model '{self.provenance[deployment].model}' is an embedding model"
+        return breaker.unsupported(request)
+
     def revoke(self, deployment: str, reason: str) -> None:
         self.breakers[deployment].revoke(reason)
 
     def restore(self, deployment: str) -> None:
         self.breakers[deployment].restore()
-
-
-def _unsupported(breaker: Breaker, request: ChatRequest | EmbeddingRequest) -> str | None:
-    """Why the deployment cannot serve this request: chat and embeddings ask differently."""
-    if isinstance(request, EmbeddingRequest):
-        return breaker.embedding_unsupported(request)
-    return breaker.unsupported(request)
 
 
 async def replay_as_stream(answer: ChatResponse) -> AsyncIterator[Chunk]:

@@ -74,6 +74,9 @@ class Provenance:
     operator_jurisdiction: str | None
     price_input: float
     price_output: float
+    # What the catalog says the model answers: chat completions or embeddings (None: a model
+    # the catalog does not know, which may answer either).
+    serves: Literal["chat", "embedding"] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,6 +30,7 @@ def provenance_of(name: str, config: HedgeConfig, catalog: Catalog) -> Provenanc
         operator_jurisdiction=dep.operator_jurisdiction,
         price_input=dep.prices.input,
         price_output=dep.prices.output,
+        serves=model.kind if model else None,
     )
 
 

@@ -56,6 +56,12 @@ deployments:
     upstream_model: embed-32#emb
     hosting: hosted
     prices: {{input: 0.02}}
+  qwen-chat:
+    kind: openai_compat
+    base_url: {url}
+    model: qwen3.6-35b-a3b
+    upstream_model: qwen-chat#emb
+    hosting: hosted
   chat-only:
     kind: anthropic
     base_url: {url}
@@ -76,6 +82,8 @@ routes:
     deployments: [hosted-embedder, minilm-local]
   claude:
     deployments: [chat-only]
+  chat-first:
+    deployments: [qwen-chat, hosted-embedder]
 """
 
 PARAPHRASES = ("A man is playing a guitar.", "Someone is strumming a guitar.")
@@ -310,7 +318,19 @@ def test_chat_and_embeddings_backends_refuse_each_other(setup: Setup) -> None:
     assert "chat-only: serves chat completions only, not embeddings" in str(info.value)
     with pytest.raises(openai.BadRequestError) as info:
         c.chat.completions.create(model="minilm", messages=[{"role": "user", "content": "hi"}])
-    assert "minilm-local: serves embeddings only" in str(info.value)
+    assert "minilm-local: its model 'all-minilm-l6-v2' is an embedding model" in str(info.value)
+
+
+def test_a_chat_model_on_an_openai_compatible_server_is_never_asked_to_embed(
+    setup: Setup,
+) -> None:
+    """The catalog says qwen3.6 is a chat model: its server (which speaks OpenAI's wire, so
+    could be asked) is skipped, so its breaker never counts the 404 it would answer."""
+    setup.fake.reset()
+    raw = client(setup).embeddings.with_raw_response.create(model="chat-first", input="hi")
+    assert raw.headers["x-hedge-deployment"] == "hosted-embedder"
+    assert raw.headers["x-hedge-attempts"] == "1"
+    assert [h.base for h in setup.fake.hits] == ["embed-32"]
 
 
 # ---- bad input ---------------------------------------------------------------------------------
