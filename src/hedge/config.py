@@ -463,6 +463,15 @@ def _dangling_references(cfg: HedgeConfig) -> list[Problem]:
                             f"unknown deployment '{judge}' (known: {', '.join(known)}).",
                         )
                     )
+        embedder = route.cache.semantic.embedder
+        if embedder is not None and embedder not in cfg.deployments:
+            problems.append(
+                (
+                    ("routes", name, "cache", "semantic", "embedder"),
+                    f"unknown deployment '{embedder}' (known: {', '.join(known)}). Fix: "
+                    "name a deployment of an embedding model.",
+                )
+            )
         for dep in route.weights:
             if dep not in route.deployments:
                 problems.append(

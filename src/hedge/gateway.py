@@ -9,6 +9,7 @@ deployment and every real upstream call is recorded in the request's Trace.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,10 +17,10 @@ from pathlib import Path
 from hedge import policy
 from hedge.backends.base import Backend
 from hedge.backends.http import HttpPool
-from hedge.cache import CacheStore, open_store
+from hedge.cache import CachedAnswer, CacheStore, open_store
 from hedge.compose import cascade, fallback
 from hedge.compose.breaker import Breaker
-from hedge.compose.caching import Lookup, RouteCache
+from hedge.compose.caching import Embed, Lookup, RouteCache
 from hedge.compose.retry import Retrying
 from hedge.config import (
     AnthropicDeployment,
@@ -30,6 +31,7 @@ from hedge.config import (
     Settings,
 )
 from hedge.errors import (
+    HedgeError,
     InvalidRequest,
     ModelNotFound,
     NotReady,
@@ -49,6 +51,8 @@ from hedge.types import (
     EmbeddingResponse,
     ToolCallDelta,
 )
+
+log = logging.getLogger("hedge.gateway")
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,8 +137,11 @@ class Gateway:
         # Policy evaluation is pure, and its inputs are configured names only: each distinct
         # (route, policies, data class) is planned once and then reused.
         self._plans: dict[tuple[str, tuple[str, ...], str | None], policy.Plan] = {}
+        self._embedder_plans: dict[tuple[str, tuple[str, ...], str | None], bool] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self.caches = caches or {}
+        for route, cache in self.caches.items():
+            cache.embed = self._prompt_embedder(route)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Gateway:
@@ -292,25 +299,86 @@ class Gateway:
 
     async def _lookup(
         self, cache: RouteCache | None, request: ChatRequest, caller: Caller, trace: Trace
-    ) -> Lookup | None:
+    ) -> Lookup[CachedAnswer] | None:
         if cache is None or trace.plan is None:
             return None
         lookup = await cache.lookup(
-            request, trace.plan, caller.data_class, caller.cache_control, caller.key
+            request,
+            trace.plan,
+            caller.data_class,
+            caller.cache_control,
+            caller.key,
+            semantic_allowed=self._embedder_admitted(request.model, caller),
         )
         trace.cache = lookup.header.decode()
+        trace.similarity = lookup.similarity
         return lookup
+
+    def _embedder_admitted(self, route: str, caller: Caller) -> bool:
+        """Whether the policies in force let the route's semantic embedder see the prompt:
+        it is sent there as surely as to the deployments that answer."""
+        embedder = self.config.routes[route].cache.semantic.embedder
+        if embedder is None:
+            return False
+        key = (route, caller.policies, caller.data_class)
+        admitted = self._embedder_plans.get(key)
+        if admitted is None:
+            plan = self.policy_plan(route, caller)
+            admitted = not policy.judge(
+                self.provenance[embedder],
+                [(n, self.config.policies[n]) for n in plan.policies],
+                caller.data_class,
+            )
+            self._embedder_plans[key] = admitted
+        return admitted
+
+    def _prompt_embedder(self, route: str) -> Embed | None:
+        """The semantic cache's embedder for a route: one call to its deployment (through
+        its breaker) under a trace of its own, so it is not counted among the request's
+        attempts; a failure or a slow answer is a miss."""
+        settings = self.config.routes[route].cache.semantic
+        if not settings.enabled or settings.embedder is None:
+            return None
+        name, timeout_s = settings.embedder, settings.timeout_s
+
+        async def embed(text: str) -> bytes | None:
+            own = Trace(route=f"{route}:semantic-cache", max_attempts=1)
+            own.deadline = own.started + timeout_s
+            current_trace.set(own)  # inside this task only
+            response = await self.breakers[name].embed(EmbeddingRequest(model=name, input=text))
+            return response.vectors[0]
+
+        async def guarded(text: str) -> bytes | None:
+            if self.breakers[name].status().state != "ready":
+                return None  # still loading, or cut off: a miss now, not a wait
+            try:
+                return await asyncio.create_task(embed(text))
+            except (HedgeError, OSError, TimeoutError) as e:
+                log.warning("semantic cache: embedding the prompt failed, a miss: %s", e)
+                return None
+
+        return guarded
 
     async def embed(
         self, request: EmbeddingRequest, trace: Trace, caller: Caller = Caller()
     ) -> EmbeddingResponse:
-        """Embeddings through the same plan, policies, breakers and fail-over as chat."""
+        """Embeddings through the same plan, policies, breakers, fail-over and cache as chat."""
         candidates = self.plan(request, caller, trace)
         if self.config.routes[request.model].cascade is not None:
             raise Unsupported(
                 f"The model '{request.model}' is a cascade, which answers chat completions "
                 "only; embeddings need a route with plain deployments."
             )
+        cache = self.caches.get(request.model)
+        lookup = None
+        if cache is not None and trace.plan is not None:
+            lookup = await cache.lookup_embedding(
+                request, trace.plan, caller.data_class, caller.cache_control, caller.key
+            )
+            trace.cache = lookup.header.decode()
+            if lookup.hit is not None:
+                trace.answered_by = lookup.hit.deployment
+                return lookup.hit.to_response()
         response, winner = await fallback.first_success(
             candidates,
             lambda c: c.embed(request),
@@ -319,6 +387,8 @@ class Gateway:
             request.model,
         )
         trace.answered_by = winner.name
+        if cache is not None and lookup is not None:
+            cache.remember_embedding(lookup, response, winner.name)
         return response
 
     async def stream(

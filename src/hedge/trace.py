@@ -49,7 +49,8 @@ class Trace:
     stage: int | None = None  # the cascade stage whose answer was returned
     rejections: list[str] = field(default_factory=list)  # why earlier stages escalated
     accepted: bool | None = None  # the answer's validator verdict (None: none judged it)
-    cache: str | None = None  # hit | miss | bypass, on routes with a cache
+    cache: str | None = None  # hit | semantic-hit | miss | bypass, on routes with a cache
+    similarity: float | None = None  # a semantic hit's cosine similarity
     max_attempts: int = 1_000
     deadline: float = float("inf")  # perf_counter time
 

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import openai
 import pytest
 
@@ -21,12 +22,20 @@ deployments:
     base_url: {url}
     upstream_model: echo-cached
     hosting: hosted
+  embedder:
+    kind: openai_compat
+    base_url: {url}
+    upstream_model: embed-8#emb
+    hosting: hosted
 routes:
   cached:
     deployments: [up]
     cache: {{enabled: true, backend: {backend}{extra}}}
   plain:
     deployments: [up]
+  vectors:
+    deployments: [embedder]
+    cache: {{enabled: true, backend: {backend}{extra}}}
 """
 
 
@@ -103,6 +112,36 @@ def test_sampled_requests_and_cache_control_bypass(setup: tuple[Gateway, FakeOpe
     assert again["x-hedge-cache"] == "miss", "no-store left nothing behind"
     plain, _ = ask(gw, "four", route="plain", temperature=0)
     assert "x-hedge-cache" not in plain
+
+
+def test_embeddings_are_cached_per_input_list(setup: tuple[Gateway, FakeOpenAI]) -> None:
+    gw, fake = setup
+    api = client(gw)
+    first = api.embeddings.with_raw_response.create(model="vectors", input=["a", "b"])
+    assert first.headers["x-hedge-cache"] == "miss"
+    hits = len(fake.hits)
+    second = api.embeddings.with_raw_response.create(model="vectors", input=["a", "b"])
+    assert second.headers["x-hedge-cache"] == "hit"
+    assert second.headers["x-hedge-deployment"] == "embedder"
+    assert len(fake.hits) == hits, "a hit never reaches the upstream"
+    vectors = [d.embedding for d in first.parse().data]
+    assert [d.embedding for d in second.parse().data] == vectors and len(vectors) == 2
+    assert second.parse().usage.prompt_tokens == first.parse().usage.prompt_tokens
+    # One entry for both encodings (the SDK asks for base64 unless told otherwise).
+    floats = api.embeddings.with_raw_response.create(
+        model="vectors", input=["a", "b"], encoding_format="float"
+    )
+    assert floats.headers["x-hedge-cache"] == "hit"
+    assert [np.float32(x) for d in floats.parse().data for x in d.embedding] == [
+        np.float32(x) for v in vectors for x in v
+    ]
+    other = api.embeddings.with_raw_response.create(model="vectors", input=["b", "a"])
+    assert other.headers["x-hedge-cache"] == "miss"
+    assert len(fake.hits) == hits + 1
+    no_store = api.embeddings.with_raw_response.create(
+        model="vectors", input=["c"], extra_headers={"Cache-Control": "no-store"}
+    )
+    assert no_store.headers["x-hedge-cache"] == "bypass"
 
 
 @pytest.mark.skipif(find_redis_server() is None, reason="redis-server is not installed")

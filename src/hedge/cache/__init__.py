@@ -23,16 +23,30 @@ from typing import Annotated, Any, Literal, Protocol, get_args
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from hedge.types import ChatResponse, Choice, Chunk, FinishReason, ToolCall, ToolCallDelta, Usage
+from hedge import vectors
+from hedge.types import (
+    ChatResponse,
+    Choice,
+    Chunk,
+    EmbeddingResponse,
+    FinishReason,
+    ToolCall,
+    ToolCallDelta,
+    Usage,
+)
 
 __all__ = [
     "SCHEMA_VERSION",
+    "CacheEntry",
     "CacheSettings",
     "CacheStore",
     "CacheUnavailable",
     "CachedAnswer",
+    "CachedEmbedding",
     "CorruptEntry",
+    "SemanticSettings",
     "StreamRecorder",
+    "decode_entry",
     "open_store",
     "record_stream",
 ]
@@ -42,6 +56,29 @@ __all__ = [
 SCHEMA_VERSION = 1
 
 _FINISH_REASONS: frozenset[str] = frozenset(get_args(FinishReason))
+
+
+class SemanticSettings(BaseModel):
+    """A route's semantic cache (`cache.semantic`), on top of its exact cache; the index and
+    its rules are in hedge.cache.semantic."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    enabled: bool = False
+    embedder: str | None = Field(
+        default=None, description="the deployment that embeds prompts (an embedding model)"
+    )
+    threshold: Annotated[float, Field(gt=0, le=1)] = Field(
+        default=0.95, description="cosine similarity at or above which a prompt is a match"
+    )
+    max_entries: Annotated[int, Field(ge=1)] = 10_000
+    multi_turn: bool = Field(
+        default=False, description="also match the last turn of conversations (same history)"
+    )
+    tools: bool = Field(default=False, description="also match requests that offer tools")
+    timeout_s: Annotated[float, Field(gt=0, le=10)] = Field(
+        default=1.0, description="a prompt not embedded in time is a miss, not a wait"
+    )
 
 
 class CacheSettings(BaseModel):
@@ -75,6 +112,7 @@ class CacheSettings(BaseModel):
     opt_in_nondeterministic: bool = Field(
         default=False, description="also cache requests sampled without temperature 0 or seed"
     )
+    semantic: SemanticSettings = SemanticSettings()
 
     @field_validator("path")
     @classmethod
@@ -85,11 +123,21 @@ class CacheSettings(BaseModel):
     def _entry_fits(self) -> CacheSettings:
         if self.max_entry_bytes > self.max_bytes:
             raise ValueError("max_entry_bytes must not exceed max_bytes")
+        if self.semantic.enabled and not self.enabled:
+            raise ValueError(
+                "semantic.enabled needs the exact cache on: set enabled: true (the semantic "
+                "index points at answers the exact cache stores)"
+            )
+        if self.semantic.enabled and self.semantic.embedder is None:
+            raise ValueError(
+                "semantic.enabled needs semantic.embedder: the deployment that embeds prompts, "
+                "e.g. an embedded_embeddings deployment of all-minilm-l6-v2"
+            )
         return self
 
 
 class CorruptEntry(ValueError):
-    """Stored bytes that are not a `CachedAnswer` of this schema version."""
+    """Stored bytes that are not a cache entry of this schema version."""
 
 
 class CacheUnavailable(RuntimeError):
@@ -208,32 +256,109 @@ class CachedAnswer:
     @classmethod
     def from_bytes(cls, data: bytes) -> CachedAnswer:
         """Decode what `to_bytes` wrote, checking every field: anything else (garbage, another
-        schema version, truncated JSON, wrong types) raises `CorruptEntry`."""
-        try:
-            raw = orjson.loads(data)
-        except orjson.JSONDecodeError as e:
-            raise CorruptEntry(f"not JSON: {e}") from None
-        if not isinstance(raw, dict):
-            raise CorruptEntry("not an object")
-        if raw.get("v") != SCHEMA_VERSION or type(raw.get("v")) is not int:
-            raise CorruptEntry(f"schema version {raw.get('v')!r}, expected {SCHEMA_VERSION}")
-        try:
-            usage = _ints(raw["usage"], 4)
-            choices = tuple(_choice(c) for c in _list(raw["choices"]))
-            answer = cls(
-                choices=choices,
-                usage=Usage(*usage),
-                upstream_model=_str(raw["model"]),
-                deployment=_str(raw["deployment"]),
-                created=_ints([raw["created"]], 1)[0],
-                system_fingerprint=_opt_str(raw["fingerprint"]),
-                stored_at=_number(raw["stored_at"]),
-            )
-        except (KeyError, TypeError) as e:
-            raise CorruptEntry(f"wrong shape: {e!r}") from None
+        schema version, truncated JSON, wrong types, an embedding) raises `CorruptEntry`."""
+        entry = decode_entry(data)
+        if not isinstance(entry, CachedAnswer):
+            raise CorruptEntry("an embedding where an answer was expected")
+        return entry
+
+    @classmethod
+    def _from_raw(cls, raw: dict[str, Any]) -> CachedAnswer:
+        usage = _ints(raw["usage"], 4)
+        choices = tuple(_choice(c) for c in _list(raw["choices"]))
         if not choices:
-            raise CorruptEntry("no choices")
-        return answer
+            raise TypeError("no choices")
+        return cls(
+            choices=choices,
+            usage=Usage(*usage),
+            upstream_model=_str(raw["model"]),
+            deployment=_str(raw["deployment"]),
+            created=_ints([raw["created"]], 1)[0],
+            system_fingerprint=_opt_str(raw["fingerprint"]),
+            stored_at=_number(raw["stored_at"]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class CachedEmbedding:
+    """An embeddings answer as it is stored: one float32 vector per input, in order."""
+
+    vectors: tuple[bytes, ...]
+    prompt_tokens: int
+    upstream_model: str
+    deployment: str
+    stored_at: float = 0.0
+
+    @classmethod
+    def from_response(cls, response: EmbeddingResponse, deployment: str) -> CachedEmbedding:
+        return cls(
+            vectors=response.vectors,
+            prompt_tokens=response.usage.prompt_tokens,
+            upstream_model=response.upstream_model,
+            deployment=deployment,
+            stored_at=time.time(),
+        )
+
+    def to_response(self) -> EmbeddingResponse:
+        return EmbeddingResponse(
+            vectors=self.vectors,
+            usage=Usage(prompt_tokens=self.prompt_tokens),
+            upstream_model=self.upstream_model,
+        )
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps(
+            {
+                "v": SCHEMA_VERSION,
+                "kind": "embedding",
+                "model": self.upstream_model,
+                "deployment": self.deployment,
+                "stored_at": self.stored_at,
+                "tokens": self.prompt_tokens,
+                "vectors": [vectors.to_base64(v) for v in self.vectors],
+            }
+        )
+
+    @classmethod
+    def _from_raw(cls, raw: dict[str, Any]) -> CachedEmbedding:
+        try:
+            found = tuple(vectors.from_base64(_str(v)) for v in _list(raw["vectors"]))
+        except ValueError as e:
+            raise TypeError(f"a vector is damaged: {e}") from None
+        if not found:
+            raise TypeError("no vectors")
+        return cls(
+            vectors=found,
+            prompt_tokens=_ints([raw["tokens"]], 1)[0],
+            upstream_model=_str(raw["model"]),
+            deployment=_str(raw["deployment"]),
+            stored_at=_number(raw["stored_at"]),
+        )
+
+
+CacheEntry = CachedAnswer | CachedEmbedding
+
+
+def decode_entry(data: bytes) -> CacheEntry:
+    """Stored bytes -> the entry they hold, checking every field: anything else (garbage,
+    another schema version, truncated JSON, wrong types) raises `CorruptEntry`."""
+    try:
+        raw = orjson.loads(data)
+    except orjson.JSONDecodeError as e:
+        raise CorruptEntry(f"not JSON: {e}") from None
+    if not isinstance(raw, dict):
+        raise CorruptEntry("not an object")
+    if raw.get("v") != SCHEMA_VERSION or type(raw.get("v")) is not int:
+        raise CorruptEntry(f"schema version {raw.get('v')!r}, expected {SCHEMA_VERSION}")
+    kind = raw.get("kind", "chat")
+    try:
+        if kind == "embedding":
+            return CachedEmbedding._from_raw(raw)
+        if kind == "chat":
+            return CachedAnswer._from_raw(raw)
+    except (KeyError, TypeError) as e:
+        raise CorruptEntry(f"wrong shape: {e!r}") from None
+    raise CorruptEntry(f"unknown entry kind {kind!r}")
 
 
 def _list(v: Any) -> list[Any]:
@@ -392,9 +517,9 @@ class CacheStore(Protocol):
         """Open connections or files, so a misconfiguration shows at start-up (optional: the
         first get or put opens them too)."""
 
-    async def get(self, key: str) -> CachedAnswer | None: ...
+    async def get(self, key: str) -> CacheEntry | None: ...
 
-    async def put(self, key: str, answer: CachedAnswer, ttl_s: float) -> bool:
+    async def put(self, key: str, answer: CacheEntry, ttl_s: float) -> bool:
         """Store `answer` under `key` for `ttl_s` seconds; False when it was not stored (too
         large, or the store failed)."""
 

@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 
 from hedge.cache import CacheSettings
-from hedge.types import ChatRequest, ChatResponse
+from hedge.types import ChatRequest, ChatResponse, EmbeddingRequest
 
 __all__ = [
     "KEY_VERSION",
@@ -41,9 +41,10 @@ __all__ = [
 # Part of every key: bumping it (when canonicalisation changes) retires every old entry.
 KEY_VERSION = 1
 
-# Fields that do not change the answer: how it is delivered, and hedge's own options (which
-# reach the key as `policy_names` and `data_class`).
-_NOT_IN_KEY = {"stream", "stream_options", "hedge"}
+# Fields that do not change the answer: how it is delivered (streamed or not; embeddings as
+# numbers or base64, the same float32 values), and hedge's own options (which reach the key as
+# `policy_names` and `data_class`).
+_NOT_IN_KEY = {"stream", "stream_options", "hedge", "encoding_format"}
 
 # Beyond 2**53 not every integer is a float: such floats stay floats.
 _EXACT_INT = 2**53
@@ -96,13 +97,18 @@ def parse_cache_control(value: str | bytes | None) -> CacheControl:
 
 
 def cacheable(
-    request: ChatRequest, settings: CacheSettings, cache_control: CacheControl | None = None
+    request: ChatRequest | EmbeddingRequest,
+    settings: CacheSettings,
+    cache_control: CacheControl | None = None,
 ) -> str | None:
-    """None when the request's answer may be cached (and looked up); else why not."""
+    """None when the request's answer may be cached (and looked up); else why not.
+    Embeddings are a function of their input, so always deterministic."""
     if not settings.enabled:
         return "caching is off for this route"
     if cache_control is not None and cache_control.no_store:
         return "the request says Cache-Control: no-store"
+    if isinstance(request, EmbeddingRequest):
+        return None
     if request.choices_wanted > 1:
         return "n > 1 asks for several different samples"
     if request.logprobs:
@@ -129,7 +135,9 @@ class Decision:
 
 
 def decide(
-    request: ChatRequest, settings: CacheSettings, cache_control: str | bytes | None = None
+    request: ChatRequest | EmbeddingRequest,
+    settings: CacheSettings,
+    cache_control: str | bytes | None = None,
 ) -> Decision:
     """`cacheable` and the Cache-Control header together: the one call the gateway makes."""
     control = parse_cache_control(cache_control)
@@ -177,7 +185,7 @@ def _dumps(value: Any) -> bytes:
         return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def canonical_json(request: ChatRequest) -> bytes:
+def canonical_json(request: ChatRequest | EmbeddingRequest) -> bytes:
     """The request body as it reaches an upstream (None fields dropped, aliases used, hedge's
     own field removed), less the delivery fields, in canonical form."""
     body = request.model_dump(exclude_none=True, by_alias=True, exclude=_NOT_IN_KEY)
@@ -194,7 +202,7 @@ def canonical_json(request: ChatRequest) -> bytes:
 
 
 def cache_key(
-    request: ChatRequest,
+    request: ChatRequest | EmbeddingRequest,
     *,
     route: str,
     deployment_scope: str | Sequence[str],

@@ -1,6 +1,6 @@
 """The in-process cache store: an LRU bounded by entry count and by bytes, with a TTL per entry.
 
-Entries are kept as `CachedAnswer` objects (a hit costs no decoding); their size is the length
+Entries are kept as objects (a hit costs no decoding); their size is the length
 of their serialised form, so `max_bytes` means the same here as in the other stores. When a put
 takes the store over a bound, expired entries go first (found with a heap of expiry times), then
 the least recently used. Everything runs on the event loop without awaiting, so no lock is
@@ -15,14 +15,14 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from hedge.cache import CachedAnswer
+from hedge.cache import CacheEntry
 
 __all__ = ["MemoryStore"]
 
 
 @dataclass(slots=True)
 class _Entry:
-    answer: CachedAnswer
+    answer: CacheEntry
     size: int
     expires_at: float
 
@@ -58,7 +58,7 @@ class MemoryStore:
     async def start(self) -> None:
         return None
 
-    async def get(self, key: str) -> CachedAnswer | None:
+    async def get(self, key: str) -> CacheEntry | None:
         entry = self._entries.get(key)
         if entry is None:
             return None
@@ -68,7 +68,7 @@ class MemoryStore:
         self._entries.move_to_end(key)
         return entry.answer
 
-    async def put(self, key: str, answer: CachedAnswer, ttl_s: float) -> bool:
+    async def put(self, key: str, answer: CacheEntry, ttl_s: float) -> bool:
         size = len(answer.to_bytes()) + len(key)
         if size > self.max_entry_bytes or ttl_s <= 0:
             return False

@@ -18,7 +18,7 @@ import time
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from hedge.cache import CachedAnswer, CorruptEntry
+from hedge.cache import CacheEntry, CorruptEntry, decode_entry
 
 __all__ = ["RedisStore", "describe_url"]
 
@@ -95,7 +95,7 @@ class RedisStore:
             )
         return problems
 
-    async def get(self, key: str) -> CachedAnswer | None:
+    async def get(self, key: str) -> CacheEntry | None:
         name = self.prefix + key
         try:
             data = await self._client.get(name)
@@ -107,7 +107,7 @@ class RedisStore:
         try:
             if not isinstance(data, bytes):
                 raise CorruptEntry(f"value of type {type(data).__name__}")
-            return CachedAnswer.from_bytes(data)
+            return decode_entry(data)
         except CorruptEntry as e:
             log.warning("dropping a damaged cache entry %s...: %s", key[:12], e)
             try:
@@ -118,7 +118,7 @@ class RedisStore:
                 self._warn(f"could not delete a damaged cache entry: {err}")
             return None
 
-    async def put(self, key: str, answer: CachedAnswer, ttl_s: float) -> bool:
+    async def put(self, key: str, answer: CacheEntry, ttl_s: float) -> bool:
         data = answer.to_bytes()
         if len(data) + len(key) > self.max_entry_bytes or ttl_s <= 0:
             return False

@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-from hedge.cache import CachedAnswer, CacheUnavailable, CorruptEntry
+from hedge.cache import CacheEntry, CacheUnavailable, CorruptEntry, decode_entry
 
 __all__ = ["SqliteStore"]
 
@@ -89,14 +89,14 @@ class SqliteStore:
         used, so a misconfigured path shows at start-up."""
         await self._run(self._connect)
 
-    async def get(self, key: str) -> CachedAnswer | None:
+    async def get(self, key: str) -> CacheEntry | None:
         try:
             return await self._run(self._get, key)
         except (sqlite3.Error, CacheUnavailable, OSError) as e:
             self._warn(f"cache read failed, answering a miss: {e}")
             return None
 
-    async def put(self, key: str, answer: CachedAnswer, ttl_s: float) -> bool:
+    async def put(self, key: str, answer: CacheEntry, ttl_s: float) -> bool:
         data = answer.to_bytes()
         if len(data) + len(key) > self.max_entry_bytes or ttl_s <= 0:
             return False
@@ -169,7 +169,7 @@ class SqliteStore:
         self._conn = conn
         return conn
 
-    def _get(self, key: str) -> CachedAnswer | None:
+    def _get(self, key: str) -> CacheEntry | None:
         conn = self._connect()
         row = conn.execute("SELECT value, expires_at FROM entries WHERE key = ?", (key,)).fetchone()
         if row is None:
@@ -181,7 +181,7 @@ class SqliteStore:
         try:
             if not isinstance(value, bytes):
                 raise CorruptEntry(f"value of type {type(value).__name__}")
-            return CachedAnswer.from_bytes(value)
+            return decode_entry(value)
         except CorruptEntry as e:
             log.warning("dropping a damaged cache entry %s...: %s", key[:12], e)
             self._delete(conn, key, value)

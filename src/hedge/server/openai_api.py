@@ -317,6 +317,8 @@ def trace_headers(trace: Trace) -> list[tuple[bytes, bytes]]:
     ]
     if trace.cache is not None:
         headers.append((b"x-hedge-cache", trace.cache.encode()))
+    if trace.similarity is not None:
+        headers.append((b"x-hedge-cache-similarity", f"{trace.similarity:.4f}".encode()))
     if trace.stage is not None:
         headers.append((b"x-hedge-stage", str(trace.stage).encode()))
         verdict = {True: b"accepted", False: b"rejected", None: b"unvalidated"}[trace.accepted]
