@@ -18,7 +18,7 @@ from hedge.cache import (
     decode_entry,
 )
 from hedge.cache.keys import cache_key
-from hedge.cache.semantic import SemanticIndex, blanked, prompt_text, unit
+from hedge.cache.semantic import SemanticIndex, blanked, compatible, prompt_text, unit
 from hedge.types import ChatRequest
 
 ON = SemanticSettings(enabled=True, embedder="e")
@@ -77,11 +77,11 @@ def test_the_scope_is_everything_but_the_last_message() -> None:
 
 def test_nearest_returns_the_most_similar_row_of_the_scope() -> None:
     index = SemanticIndex(max_entries=10)
-    index.add("s", unit([1.0, 0.0]), "k1")
-    index.add("s", unit([0.6, 0.8]), "k2")
-    index.add("other", unit([0.0, 1.0]), "k3")
-    key, similarity = index.nearest("s", unit([0.0, 1.0])) or ("", 0.0)
-    assert key == "k2" and similarity == pytest.approx(0.8)
+    index.add("s", unit([1.0, 0.0]), "k1", "one")
+    index.add("s", unit([0.6, 0.8]), "k2", "two")
+    index.add("other", unit([0.0, 1.0]), "k3", "three")
+    key, text, similarity = index.nearest("s", unit([0.0, 1.0])) or ("", "", 0.0)
+    assert (key, text) == ("k2", "two") and similarity == pytest.approx(0.8)
     assert index.nearest("missing", unit([1.0, 0.0])) is None
     assert index.nearest("s", unit([1.0, 0.0, 0.0])) is None, "other dimensions never match"
 
@@ -89,13 +89,14 @@ def test_nearest_returns_the_most_similar_row_of_the_scope() -> None:
 def test_the_index_is_bounded_and_forgets() -> None:
     index = SemanticIndex(max_entries=3)
     for i in range(5):
-        index.add("old" if i < 2 else "new", unit([1.0, float(i)]), f"k{i}")
+        index.add("old" if i < 2 else "new", unit([1.0, float(i)]), f"k{i}", f"t{i}")
     assert len(index) == 3
     assert index.nearest("old", unit([1.0, 0.0])) is None, "the least recent scope went first"
     index.forget("new", "k3")
     assert len(index) == 2
-    assert {index.nearest("new", unit([1.0, float(i)]))[0] for i in (2, 4)} == {"k2", "k4"}  # type: ignore[index]
-    index.add("new", unit([1.0, 4.0]), "k4")
+    found = [index.nearest("new", unit([1.0, float(i)])) for i in (2, 4)]
+    assert {f[0] for f in found if f is not None} == {"k2", "k4"}
+    index.add("new", unit([1.0, 4.0]), "k4", "t4")
     assert len(index) == 2, "a key is indexed once"
 
 
@@ -104,12 +105,29 @@ def test_many_rows_grow_and_shrink_consistently() -> None:
     rows = [unit(rng.normal(size=16)) for _ in range(50)]
     index = SemanticIndex(max_entries=100)
     for i, v in enumerate(rows):
-        index.add("s", v, f"k{i}")
+        index.add("s", v, f"k{i}", f"t{i}")
     for i in range(0, 50, 2):
         index.forget("s", f"k{i}")
     for i in range(1, 50, 2):
-        key, similarity = index.nearest("s", rows[i]) or ("", 0.0)
-        assert key == f"k{i}" and similarity == pytest.approx(1.0, abs=1e-5)
+        key, text, similarity = index.nearest("s", rows[i]) or ("", "", 0.0)
+        assert (key, text) == (f"k{i}", f"t{i}")
+        assert similarity == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("query", "stored", "expected"),
+    [
+        ("Who wrote Pride and Prejudice?", "Who is the author of Pride and Prejudice?", True),
+        ("What is 2 + 3?", "What is 2 + 4?", False),
+        ("Convert 100 °C to °F.", "Convert 100 °F to °C.", False),
+        ("Celsius to Fahrenheit, please", "Fahrenheit to Celsius, please", False),
+        ("Does the dog bite the man?", "Does the man bite the dog?", False),
+        ("What is 1,000 + 2.5?", "Compute 1,000 + 2.5.", True),
+        ("same words", "Same  words!", True),
+    ],
+)
+def test_guards_against_what_embeddings_miss(query: str, stored: str, expected: bool) -> None:
+    assert compatible(query, stored) is expected
 
 
 def test_unit_vectors_from_bytes_and_numbers_agree() -> None:

@@ -10,13 +10,19 @@ turns, tools, sampling parameters). Only the last user message is compared by me
 A paraphrase that flips the answer ("capital of France" / "capital of Spain") can sit above any
 threshold an embedding model gives, which is why the cache is opt-in per route, and why
 conversations and tool calls, where a near miss does the most harm, are left out unless a route
-asks for them. The index lives in this process (vectors are small; a restart starts it empty),
-while the answers it points to live in the route's store.
+asks for them. Two guards catch what mean-pooled sentence embeddings are known to be blind to:
+numbers ("2 + 3" / "2 + 4") and word order ("Celsius to Fahrenheit" / "Fahrenheit to
+Celsius"): a match must carry the same numbers and must not be the same words reordered.
+
+The index lives in this process (vectors are small; a restart starts it empty), while the
+answers it points to live in the route's store. It keeps each prompt's text, for the guards,
+in this process's memory only.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
+import re
+from collections import Counter, OrderedDict
 from typing import Any
 
 import numpy as np
@@ -25,7 +31,7 @@ import numpy.typing as npt
 from hedge.cache import SemanticSettings
 from hedge.types import ChatRequest
 
-__all__ = ["SemanticIndex", "blanked", "prompt_text", "unit"]
+__all__ = ["SemanticIndex", "blanked", "compatible", "prompt_text", "unit"]
 
 Vector = npt.NDArray[np.float32]
 
@@ -47,6 +53,20 @@ def prompt_text(request: ChatRequest, settings: SemanticSettings) -> str | None:
     if content and all(p.type == "text" for p in content):
         return "".join(str((p.model_extra or {})["text"]) for p in content)
     return None  # images, audio, files: their meaning is not in the text
+
+
+_NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
+_WORD = re.compile(r"\w+")
+
+
+def compatible(query: str, stored: str) -> bool:
+    """Whether two prompts found alike by their embeddings may share an answer: the same
+    numbers, and not the same words in another order (which to an embedding that averages
+    its tokens look identical, and usually mean something else)."""
+    if Counter(_NUMBER.findall(query)) != Counter(_NUMBER.findall(stored)):
+        return False
+    words, others = _WORD.findall(query.lower()), _WORD.findall(stored.lower())
+    return words == others or Counter(words) != Counter(others)
 
 
 def blanked(request: ChatRequest) -> ChatRequest:
@@ -72,11 +92,12 @@ class _Scope:
     """Rows in a growable matrix (capacity doubles, so adding is amortised O(dims)); a removed
     row is replaced by the last one."""
 
-    __slots__ = ("_matrix", "keys")
+    __slots__ = ("_matrix", "keys", "texts")
 
     def __init__(self, dims: int) -> None:
         self._matrix: Vector = np.empty((4, dims), dtype=np.float32)
         self.keys: list[str] = []
+        self.texts: list[str] = []
 
     @property
     def dims(self) -> int:
@@ -85,7 +106,7 @@ class _Scope:
     def similarities(self, vector: Vector) -> Vector:
         return self._matrix[: len(self.keys)] @ vector
 
-    def append(self, vector: Vector, key: str) -> None:
+    def append(self, vector: Vector, key: str, text: str) -> None:
         n = len(self.keys)
         if n == self._matrix.shape[0]:
             grown = np.empty((2 * n, self.dims), dtype=np.float32)
@@ -93,12 +114,14 @@ class _Scope:
             self._matrix = grown
         self._matrix[n] = vector
         self.keys.append(key)
+        self.texts.append(text)
 
     def remove(self, i: int) -> None:
         last = len(self.keys) - 1
         self._matrix[i] = self._matrix[last]
-        self.keys[i] = self.keys[last]
+        self.keys[i], self.texts[i] = self.keys[last], self.texts[last]
         self.keys.pop()
+        self.texts.pop()
 
 
 class SemanticIndex:
@@ -113,23 +136,23 @@ class SemanticIndex:
     def __len__(self) -> int:
         return self._size
 
-    def nearest(self, scope: str, vector: Vector) -> tuple[str, float] | None:
-        """The key of the most similar prompt in `scope` and its similarity, if any."""
+    def nearest(self, scope: str, vector: Vector) -> tuple[str, str, float] | None:
+        """The key and text of the most similar prompt in `scope`, and its similarity."""
         found = self._scopes.get(scope)
         if found is None or found.dims != vector.shape[0]:
             return None
         self._scopes.move_to_end(scope)
         similarities = found.similarities(vector)
         best = int(np.argmax(similarities))
-        return found.keys[best], float(similarities[best])
+        return found.keys[best], found.texts[best], float(similarities[best])
 
-    def add(self, scope: str, vector: Vector, key: str) -> None:
+    def add(self, scope: str, vector: Vector, key: str, text: str) -> None:
         found = self._scopes.get(scope)
         if found is None:
             found = self._scopes[scope] = _Scope(vector.shape[0])
         if key in found.keys or found.dims != vector.shape[0]:
             return  # already there, or another embedder's dimensions: not comparable
-        found.append(vector, key)
+        found.append(vector, key, text)
         self._scopes.move_to_end(scope)
         self._size += 1
         while self._size > self.max_entries:

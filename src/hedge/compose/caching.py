@@ -42,6 +42,7 @@ class Probe:
 
     scope: str
     vector: semantic.Vector
+    text: str
 
 
 E = TypeVar("E", CachedAnswer, CachedEmbedding)
@@ -132,15 +133,16 @@ class RouteCache:
         raw = await self.embed(text)
         if raw is None:
             return Lookup(decision, key, None)
-        probe = Probe(
-            self._key(semantic.blanked(request), plan, data_class, tenant), semantic.unit(raw)
-        )
-        near = self._index.nearest(probe.scope, probe.vector) if decision.read else None
-        if near is not None and near[1] >= self.cache.semantic.threshold:
-            answer = await self.store.get(near[0])
-            if isinstance(answer, CachedAnswer):
-                return Lookup(decision, key, answer, similarity=near[1])
-            self._index.forget(probe.scope, near[0])  # its answer expired or was evicted
+        scope = self._key(semantic.blanked(request), plan, data_class, tenant)
+        probe = Probe(scope, semantic.unit(raw), text)
+        near = self._index.nearest(scope, probe.vector) if decision.read else None
+        if near is not None:
+            near_key, near_text, similarity = near
+            if similarity >= self.cache.semantic.threshold and semantic.compatible(text, near_text):
+                answer = await self.store.get(near_key)
+                if isinstance(answer, CachedAnswer):
+                    return Lookup(decision, key, answer, similarity=similarity)
+                self._index.forget(scope, near_key)  # its answer expired or was evicted
         return Lookup(decision, key, None, probe=probe)
 
     async def lookup_embedding(
@@ -177,7 +179,7 @@ class RouteCache:
         assert self.store is not None
         stored = await self.store.put(key, answer, self.cache.ttl_s)
         if stored and probe is not None:
-            self._index.add(probe.scope, probe.vector, key)
+            self._index.add(probe.scope, probe.vector, key, probe.text)
         return stored
 
     def remember_embedding(
