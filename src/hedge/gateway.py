@@ -276,7 +276,7 @@ class Gateway:
     ) -> ChatResponse:
         cache = self.caches.get(request.model)
         if cache is not None:
-            request = cache.prepare(request)
+            request, trace.prompt_tokens_saved = cache.prepare(request)
         candidates = self.plan(request, caller, trace)
         lookup = await self._lookup(cache, request, caller, trace)
         if lookup is not None and lookup.hit is not None:
@@ -398,7 +398,7 @@ class Gateway:
         failures move on to the next deployment without the client seeing anything."""
         cache = self.caches.get(request.model)
         if cache is not None:
-            request = cache.prepare(request)
+            request, trace.prompt_tokens_saved = cache.prepare(request)
         candidates = self.plan(request, caller, trace)
         lookup = await self._lookup(cache, request, caller, trace)
         if lookup is not None and lookup.hit is not None:

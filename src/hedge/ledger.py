@@ -86,6 +86,8 @@ class RequestRecord:
     cost_usd: float
     latency_ms: float
     attempts: list[AttemptRecord] = field(default_factory=list)
+    cache: str | None = None  # hit, semantic-hit, miss or bypass on a route with a cache
+    prompt_tokens_saved: int | None = None  # by prompt compaction (estimated), where it ran
 
 
 def request_record(
@@ -143,6 +145,8 @@ def request_record(
         cost_usd=sum(a.cost_usd for a in attempts),
         latency_ms=elapsed * 1000,
         attempts=attempts,
+        cache=trace.cache,
+        prompt_tokens_saved=trace.prompt_tokens_saved,
     )
 
 

@@ -51,6 +51,7 @@ class Trace:
     accepted: bool | None = None  # the answer's validator verdict (None: none judged it)
     cache: str | None = None  # hit | semantic-hit | miss | bypass, on routes with a cache
     similarity: float | None = None  # a semantic hit's cosine similarity
+    prompt_tokens_saved: int | None = None  # by prompt compaction, on routes that compact
     max_attempts: int = 1_000
     deadline: float = float("inf")  # perf_counter time
 

@@ -40,6 +40,10 @@ deployments:
 routes:
   chat:
     deployments: [cheap]
+  compacted:
+    deployments: [cheap]
+    cache: {{enabled: true}}
+    compaction: {{enabled: true}}
   cascade:
     cascade:
       stages:
@@ -84,6 +88,12 @@ def test_requests_are_recorded_with_costs_feedback_and_a_summary(tmp_path: Path)
         assert status == 400 and bad["error"]["param"] == "success"
         status, cascade_headers, _ = chat(gw.v1, "cascade")
         assert status == 200 and cascade_headers["x-hedge-stage"] == "2"
+        # The same long system text twice: compaction collapses it, and the ledger says
+        # how many prompt tokens that saved; the second ask is a cache hit.
+        system = {"role": "system", "content": "Answer as briefly as you can. " * 20}
+        messages = [system, system, {"role": "user", "content": "hi"}]
+        agent = {"model": "compacted", "temperature": 0, "messages": messages}
+        compacted = [post(f"{gw.v1}/chat/completions", agent)[1]["x-request-id"] for _ in "ab"]
         time.sleep(FLUSH_S * 3)
         usage = body["usage"]
     # the gateway is stopped (SIGTERM): the ledger was flushed on the way out
@@ -100,6 +110,16 @@ def test_requests_are_recorded_with_costs_feedback_and_a_summary(tmp_path: Path)
         " WHERE r.route = 'cascade' ORDER BY a.seq"
     ).fetchall()
     assert [a[0] for a in attempts] == ["cheap", "strong"]  # the rejected draft is an attempt
+    saved = con.execute(
+        "SELECT request_id, cache, prompt_tokens_saved FROM requests WHERE route = 'compacted'"
+    ).fetchall()
+    assert sorted(saved) == sorted(
+        [(compacted[0], "miss", saved[0][2]), (compacted[1], "hit", saved[0][2])]
+    )
+    assert saved[0][2] > 100, "a 20-sentence system message sent twice, collapsed to one"
+    assert con.execute("SELECT cache FROM requests WHERE request_id = ?", (rid,)).fetchone() == (
+        None,
+    )
     # metadata only: no prompt text anywhere in the database
     dump = "\n".join(con.iterdump())
     assert "hello there" not in dump and "echo: hello" not in dump

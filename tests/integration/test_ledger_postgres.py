@@ -17,6 +17,7 @@ import pytest
 
 from hedge.config import LedgerSettings
 from hedge.ledger import BatchingLedger, LedgerError, open_ledger
+from hedge.store import SCHEMA_VERSION
 from hedge.store.postgres import PostgresStore, describe_dsn
 from tests import pg
 from tests.unit.test_ledger_sqlite import (
@@ -67,7 +68,7 @@ def test_schema_version_is_recorded_once(dsn: str) -> None:
         store.open()
         store.close()
     with psycopg.connect(dsn) as conn:
-        assert conn.execute("SELECT version FROM hedge_schema").fetchall() == [(1,)]
+        assert conn.execute("SELECT version FROM hedge_schema").fetchall() == [(SCHEMA_VERSION,)]
 
 
 def test_open_ledger_with_a_dsn_writes_to_postgres(dsn: str) -> None:

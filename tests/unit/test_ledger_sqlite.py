@@ -31,7 +31,7 @@ from hedge.ledger import (
 )
 from hedge.server.feedback_api import FeedbackApi, parse_feedback
 from hedge.store import SCHEMA_VERSION, GroupBy, Store
-from hedge.store.sqlite import SqliteStore
+from hedge.store.sqlite import MIGRATIONS, SqliteStore
 from hedge.trace import Trace
 from hedge.types import Usage
 
@@ -301,6 +301,7 @@ class StoreContract:
             "request_id", "ts", "route", "caller_key", "answered_by", "stage", "status",
             "success", "score", "feedback_ts", "cost_usd", "latency_ms", "seq", "deployment",
             "prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens", "error",
+            "cache", "prompt_tokens_saved",
         }  # fmt: skip
 
     # ---- BatchingLedger over this store ----
@@ -453,6 +454,27 @@ def test_wal_mode_synchronous_normal_and_schema_version(tmp_path: Path) -> None:
         assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
         indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
         assert {"requests_ts", "requests_route"} <= indexes
+
+
+def test_a_version_1_ledger_is_migrated_and_keeps_its_rows(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    with sqlite3.connect(path) as conn:
+        for statement in MIGRATIONS[0]:
+            conn.execute(statement)
+        conn.execute(
+            "INSERT INTO requests (request_id, ts, route, status, cost_usd, latency_ms)"
+            " VALUES ('old', 1.0, 'r', 200, 0.5, 3.0)"
+        )
+        conn.execute("PRAGMA user_version = 1")
+    store = SqliteStore(path)
+    store.open()
+    store.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+        row = conn.execute(
+            "SELECT route, cost_usd, cache, prompt_tokens_saved FROM requests"
+        ).fetchone()
+    assert row == ("r", 0.5, None, None)
 
 
 def test_each_batch_is_one_transaction(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ store never delays a client. With a semantic cache, an exact miss is looked up b
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -28,9 +29,14 @@ from hedge.cache import (
     semantic,
 )
 from hedge.cache.keys import Decision, cache_key, cache_tenant, decide, storable
-from hedge.compaction import CompactionSettings, compact
+from hedge.compaction import CompactionSettings, approx_tokens, compact, count_tokens
 from hedge.config import Route
 from hedge.types import ChatRequest, ChatResponse, Chunk, EmbeddingRequest, EmbeddingResponse
+
+# Agents send the same tool manifest with every request: memoised, counting the tokens a
+# compaction saved costs a fraction of a millisecond instead of ~14 ms for 20 tools.
+# (The estimate is hedge.compaction's, within about 6% of OpenAI's encodings.)
+_tokens = functools.lru_cache(maxsize=4096)(approx_tokens)
 
 # Embeds one prompt for the semantic cache: float32 bytes, or None when it cannot be done now.
 Embed = Callable[[str], Awaitable[bytes | None]]
@@ -86,11 +92,15 @@ class RouteCache:
         self.embed: Embed | None = None
         self._index = semantic.SemanticIndex(cache.semantic.max_entries)
 
-    def prepare(self, request: ChatRequest) -> ChatRequest:
+    def prepare(self, request: ChatRequest) -> tuple[ChatRequest, int | None]:
+        """The request as the route sends it (compacted, where it compacts), and the prompt
+        tokens compaction saved (None where it does not run)."""
         if not self.compaction.enabled:
-            return request
-        compacted, _ = compact(request, self.compaction)
-        return compacted
+            return request, None
+        compacted, report = compact(request, self.compaction)
+        if not report.changed:
+            return request, 0
+        return compacted, count_tokens(request, _tokens) - count_tokens(compacted, _tokens)
 
     def _key(
         self,

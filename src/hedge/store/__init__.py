@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 GroupBy = Literal["deployment", "route", "key"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class LedgerError(HedgeError):
@@ -37,8 +37,8 @@ class LedgerError(HedgeError):
 # delivered twice, must not fail the whole transaction or count twice.
 INSERT_REQUEST = (
     "INSERT INTO requests (request_id, ts, route, caller_key, answered_by, stage, status,"
-    " success, score, cost_usd, latency_ms)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
+    " success, score, cost_usd, latency_ms, cache, prompt_tokens_saved)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
 )
 INSERT_ATTEMPT = (
     "INSERT INTO attempts (request_id, seq, deployment, stage, prompt_tokens,"
@@ -65,6 +65,8 @@ def request_row(r: RequestRecord) -> tuple[Any, ...]:
         r.score,
         r.cost_usd,
         r.latency_ms,
+        r.cache,
+        r.prompt_tokens_saved,
     )
 
 

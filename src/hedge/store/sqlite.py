@@ -66,6 +66,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         ) WITHOUT ROWID""",
         "CREATE INDEX attempts_deployment ON attempts (deployment, ts)",
     ),
+    # 2: what the cache and prompt compaction did for each request.
+    (
+        "ALTER TABLE requests ADD COLUMN cache TEXT",
+        "ALTER TABLE requests ADD COLUMN prompt_tokens_saved INTEGER",
+    ),
 )
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
