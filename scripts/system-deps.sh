@@ -4,10 +4,12 @@
 #                 cluster with, so the PostgreSQL ledger tests run instead of being skipped.
 #   redis-server  the binary tests/redis_server.py runs a throwaway server with, so the Redis
 #                 cache tests run instead of being skipped.
+#   chromium      headless Chromium, which the evaluation test opens the HTML report in (to see
+#                 that the plot and the tables render), instead of skipping that check.
 # Safe to run again: with everything present it touches nothing and needs no network.
 set -euo pipefail
 
-PACKAGES=(postgresql redis-server)
+PACKAGES=(postgresql redis-server chromium)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do

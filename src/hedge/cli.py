@@ -88,6 +88,9 @@ def _operations(sub: Any) -> None:
     replay_report.add_arguments(
         sub.add_parser("replay", help="replay a route on a recorded data set")
     )
+    from hedge.evaluation import cli as evaluation_cli
+
+    evaluation_cli.add_arguments(sub.add_parser("eval", help="evaluate routes on a suite"))
     drill = sub.add_parser("drill", help="cut a deployment off at runtime (kill-switch drill)")
     action = drill.add_mutually_exclusive_group(required=True)
     action.add_argument("--revoke", metavar="DEPLOYMENT")
@@ -127,6 +130,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from hedge import replay_report
 
             return replay_report.main(args)
+        if args.command == "eval":
+            from hedge.evaluation import cli as evaluation_cli
+
+            return evaluation_cli.run(args)
         return _config_check(args.path)
     except ConfigError as e:
         print(f"hedge: configuration error\n{e}", file=sys.stderr)

@@ -1,0 +1,14 @@
+"""Evaluation: run suites of cases through the gateway, score the answers, keep the results in
+the ledger database, report them, and turn them into a route.
+
+suite.py      suite files (a YAML header, then JSONL cases) -> validated Suite
+scorers.py    score one answer against one case (reusing hedge.validators)
+stats.py      Wilson intervals, exact McNemar, percentiles (pure)
+figures.py    per-candidate and per-tag figures, paired comparisons (pure)
+store.py      eval_runs and eval_results in the ledger's database (SQLite or PostgreSQL)
+runner.py     cases through the gateway, in-process or over HTTP: concurrency, retries, resume
+progress.py   the progress bar
+report_text.py, report_html.py   the figures for a terminal and as one self-contained HTML file
+recommend.py  the cheapest route per successful outcome that meets an accuracy floor
+cli.py        `hedge eval`
+"""
