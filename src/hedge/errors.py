@@ -109,6 +109,14 @@ class RateLimited(HedgeError):
     code = "rate_limit_exceeded"
 
 
+class BudgetExceeded(RateLimited):
+    """A key's spend budget for its period cannot cover this request; waiting (for the next
+    period) or a bigger budget helps, retrying now does not."""
+
+    type = "insufficient_quota"
+    code = "budget_exceeded"
+
+
 class UpstreamError(HedgeError):
     """One upstream call failed. `retryable` says whether another try (here or elsewhere) may
     succeed; the gateway turns a run of these into `AllAttemptsFailed`."""
