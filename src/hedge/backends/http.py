@@ -1,18 +1,28 @@
 """The one pooled HTTP client and the transport rules every HTTP upstream shares:
 sending a JSON body under bounded timeouts, mapping failures onto the error tree, and reading
-Server-Sent Events with a first-event and an idle-gap deadline."""
+Server-Sent Events with a first-event and an idle-gap deadline.
+
+The client is HTTP/1.1 written directly on asyncio's protocol layer with httptools' parser (the
+same parser uvicorn uses at the front door): keep-alive connections pooled per upstream, each
+request's head bytes prepared once per endpoint, gzip/deflate decoded, flow control on the
+body. Measured against aiohttp's client on the same proxy path (bench/hot_path.py), it costs
+well under half as much CPU per request, which is most of what a gateway spends.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import email.utils
 import math
+import ssl
 import time
+import zlib
 from collections.abc import AsyncGenerator, Mapping
 from contextlib import aclosing
-from typing import Any
+from typing import Any, Protocol
+from urllib.parse import urlsplit
 
-import aiohttp
+import httptools
 import orjson
 
 from hedge.backends.base import DeploymentStatus
@@ -27,78 +37,329 @@ from hedge.errors import (
 )
 
 _MAX_ERROR_BODY = 64 * 1024
+# A body buffer above twice this pauses reading from the upstream until the reader catches
+# up; also the longest SSE line accepted.
+_READ_LIMIT = 1024 * 1024
+_MAX_IDLE_PER_UPSTREAM = 512
+_IDLE_S = 60.0  # an idle pooled connection older than this is closed rather than reused
+
+
+class BrokenResponse(ConnectionError):
+    """The upstream's bytes are not a valid HTTP response, or stopped short of one."""
+
+
+class Body(Protocol):
+    """What `sse_data` reads a stream from (an asyncio.StreamReader fits)."""
+
+    async def readline(self) -> bytes: ...
+
+
+class Response(Protocol):
+    """What `sse_data` needs of a response: its body and a way to give the connection back."""
+
+    @property
+    def content(self) -> Body: ...
+
+    def release(self) -> None: ...
+
+
+class UpstreamResponse:
+    """A response whose head has arrived; the body is read from `content` (or `read()`).
+    `release()` returns the connection to the pool once the body is complete, else closes
+    it; it must be called once the caller is done."""
+
+    __slots__ = ("_conn", "content", "headers", "status")
+
+    def __init__(
+        self, conn: _Connection, status: int, headers: dict[str, str], content: asyncio.StreamReader
+    ) -> None:
+        self._conn = conn
+        self.status = status
+        self.headers = headers  # lower-case names
+        self.content = content
+
+    async def read(self) -> bytes:
+        return await self.content.read()
+
+    def release(self) -> None:
+        conn, self._conn = self._conn, None  # type: ignore[assignment]
+        if conn is not None:
+            conn.finish()
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection to one upstream; one request at a time."""
+
+    def __init__(self, pool: HttpPool, key: tuple[str, str, int]) -> None:
+        self._pool = pool
+        self._key = key
+        self._loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.idle_since = 0.0
+        self._parser: httptools.HttpResponseParser | None = None
+        self._head: asyncio.Future[UpstreamResponse] | None = None
+        self._headers: dict[str, str] = {}
+        self._body: asyncio.StreamReader | None = None
+        self._complete = False
+        self._keep_alive = False
+        self._until_close = False  # body delimited by the end of the connection
+        self._decoder: Any = None
+
+    # -- asyncio.Protocol --
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        parser = self._parser
+        if parser is None:  # bytes nobody asked for: this connection cannot be trusted
+            self.close()
+            return
+        try:
+            parser.feed_data(data)
+        except httptools.HttpParserError as e:
+            self._fail(BrokenResponse(f"invalid HTTP response ({e})"))
+            self.close()
+
+    def eof_received(self) -> bool:
+        return False  # close the transport; connection_lost settles the response
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self._parser is not None and not self._complete:
+            if self._body is not None and self._until_close and exc is None:
+                self._flush_decoder()
+                self._complete = True
+                self._body.feed_eof()
+            else:
+                why = f": {exc}" if exc else ""
+                stage = "before answering" if self._body is None else "mid-response"
+                self._fail(BrokenResponse(f"the upstream closed the connection {stage}{why}"))
+
+    # -- httptools callbacks --
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        assert parser is not None
+        body = asyncio.StreamReader(limit=_READ_LIMIT, loop=self._loop)
+        assert self.transport is not None
+        body.set_transport(self.transport)
+        self._body = body
+        headers = self._headers
+        chunked = "chunked" in headers.get("transfer-encoding", "").lower()
+        self._until_close = "content-length" not in headers and not chunked
+        encoding = headers.get("content-encoding", "").strip().lower()
+        if encoding in ("gzip", "x-gzip", "deflate"):
+            self._decoder = zlib.decompressobj(wbits=47)  # gzip or zlib, detected
+        head = self._head
+        if head is not None and not head.done():
+            head.set_result(UpstreamResponse(self, parser.get_status_code(), headers, body))
+
+    def on_body(self, data: bytes) -> None:
+        assert self._body is not None
+        if self._decoder is not None:
+            try:
+                data = self._decoder.decompress(data)
+            except zlib.error as e:
+                self._fail(BrokenResponse(f"the response body does not decompress ({e})"))
+                self.close()
+                return
+        if data:
+            self._body.feed_data(data)
+
+    def on_message_complete(self) -> None:
+        self._flush_decoder()
+        assert self._parser is not None
+        # Asked here: llhttp answers for the message it is completing, not after it.
+        self._keep_alive = self._parser.should_keep_alive()
+        self._complete = True
+        if self._body is not None:
+            self._body.feed_eof()
+
+    # -- used by the pool --
+
+    def send(self, data: bytes) -> asyncio.Future[UpstreamResponse]:
+        assert self.transport is not None
+        self._parser = httptools.HttpResponseParser(self)
+        self._headers = {}
+        self._body = None
+        self._complete = False
+        self._keep_alive = False
+        self._decoder = None
+        self._head = self._loop.create_future()
+        self.transport.write(data)
+        return self._head
+
+    def finish(self) -> None:
+        """The caller is done with the response: reuse the connection if it can be."""
+        reusable = self._complete and self._keep_alive and not self.closed
+        self._parser = None
+        self._head = None
+        self._body = None
+        if reusable:
+            assert self.transport is not None
+            self.transport.resume_reading()  # a large body may have paused it
+            self._pool._put(self._key, self)
+        else:
+            self.close()
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def _flush_decoder(self) -> None:
+        if self._decoder is not None and self._body is not None:
+            rest = self._decoder.flush()
+            if rest:
+                self._body.feed_data(rest)
+            self._decoder = None
+
+    def _fail(self, error: Exception) -> None:
+        head = self._head
+        if head is not None and not head.done():
+            head.set_exception(error)
+        elif self._body is not None and not self._complete:
+            self._body.set_exception(error)
+        self._complete = False
+        self._parser = None
 
 
 class HttpPool:
-    """One aiohttp session per process: connection reuse is most of an HTTP proxy's speed."""
+    """The upstream connections of one process, pooled per (scheme, host, port): connection
+    reuse is most of an HTTP proxy's speed."""
 
     def __init__(self) -> None:
-        self._session: aiohttp.ClientSession | None = None
+        self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
+        self._ssl: ssl.SSLContext | None = None
+        self._closed = False
 
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            connector = aiohttp.TCPConnector(
-                limit=0, limit_per_host=512, ttl_dns_cache=300, keepalive_timeout=60
+    def _put(self, key: tuple[str, str, int], conn: _Connection) -> None:
+        idle = self._idle.setdefault(key, [])
+        if self._closed or len(idle) >= _MAX_IDLE_PER_UPSTREAM:
+            conn.close()
+            return
+        conn.idle_since = time.monotonic()
+        idle.append(conn)
+
+    async def _connect(self, key: tuple[str, str, int], connect_s: float) -> _Connection:
+        idle = self._idle.get(key)
+        if idle:
+            too_old = time.monotonic() - _IDLE_S
+            while idle:
+                conn = idle.pop()  # the most recently used: the least likely to be stale
+                if not conn.closed and conn.idle_since > too_old:
+                    return conn
+                conn.close()
+        scheme, host, port = key
+        tls = None
+        if scheme == "https":
+            if self._ssl is None:
+                self._ssl = ssl.create_default_context()
+            tls = self._ssl
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(connect_s):
+            transport, conn = await loop.create_connection(
+                lambda: _Connection(self, key),
+                host,
+                port,
+                ssl=tls,
+                server_hostname=host if tls else None,
             )
-            self._session = aiohttp.ClientSession(
-                connector=connector,
-                auto_decompress=True,
-                json_serialize=lambda o: orjson.dumps(o).decode(),
-                skip_auto_headers=("User-Agent",),
-            )
-        return self._session
+        conn.transport = transport  # uvloop may call connection_made after returning
+        return conn
+
+    async def request(
+        self, key: tuple[str, str, int], data: bytes, connect_s: float
+    ) -> UpstreamResponse:
+        """Send one prepared request and wait for the head of its response."""
+        conn = await self._connect(key, connect_s)
+        try:
+            return await conn.send(data)
+        except BaseException:
+            conn.close()  # a cancelled or failed exchange leaves the connection unusable
+            raise
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        self._closed = True
+        for idle in self._idle.values():
+            for conn in idle:
+                conn.close()
+        self._idle.clear()
+
+
+class Upstream:
+    """One upstream URL with its constant request head, prepared once: only the body and its
+    length change per request."""
+
+    def __init__(self, url: str, headers: Mapping[str, str]) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"not an http(s) URL: {url}")
+        default_port = 443 if parts.scheme == "https" else 80
+        port = parts.port or default_port
+        self.key = (parts.scheme, parts.hostname, port)
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        host = parts.hostname if port == default_port else f"{parts.hostname}:{port}"
+        if ":" in parts.hostname and not host.startswith("["):  # an IPv6 literal
+            host = f"[{parts.hostname}]" + ("" if port == default_port else f":{port}")
+        lines = [f"POST {target} HTTP/1.1", f"Host: {host}"]
+        lowered = {k.lower() for k in headers}
+        if "accept-encoding" not in lowered:
+            lines.append("Accept-Encoding: gzip, deflate")
+        lines += [f"{k}: {v}" for k, v in headers.items() if k.lower() != "content-length"]
+        if any(c in line for line in lines for c in "\r\n\0"):
+            raise ValueError(f"a header for {url} contains a line break or NUL")
+        self._head = ("\r\n".join(lines) + "\r\nContent-Length: ").encode()
+
+    def request_bytes(self, body: bytes) -> bytes:
+        return b"".join((self._head, str(len(body)).encode(), b"\r\n\r\n", body))
 
 
 async def post_json(
     pool: HttpPool,
     deployment: str,
-    url: str,
+    upstream: Upstream,
     body: Mapping[str, Any],
-    headers: Mapping[str, str],
     timeouts: Timeouts,
     *,
     head_deadline: float,
-) -> aiohttp.ClientResponse:
+) -> UpstreamResponse:
     """POST and return the response once its head has arrived with a 2xx status.
 
     `head_deadline` bounds the wait for the response head: the whole generation for a plain
     request, the time to first token for a streamed one. Everything else raises the right
     `HedgeError` with the upstream's own reason in it.
     """
-    timeout = aiohttp.ClientTimeout(
-        total=None, connect=timeouts.connect, sock_connect=timeouts.connect
-    )
+    data = upstream.request_bytes(orjson.dumps(body))
     try:
         async with asyncio.timeout(head_deadline):
-            resp = await pool.session.post(
-                url, data=orjson.dumps(body), headers=headers, timeout=timeout
-            )
+            resp = await pool.request(upstream.key, data, timeouts.connect)
     except TimeoutError:
         raise UpstreamTimeout(
             f"deployment '{deployment}' sent no response within {head_deadline:g}s"
         ) from None
-    except aiohttp.ClientError as e:
+    except OSError as e:
         raise UpstreamError(
             f"deployment '{deployment}' could not be reached: {_describe(e)}", retryable=True
         ) from None
     if resp.status >= 400:
         try:
-            raw = await resp.content.read(_MAX_ERROR_BODY)
-        except (aiohttp.ClientError, TimeoutError):
+            async with asyncio.timeout(timeouts.idle):
+                raw = await resp.content.read(_MAX_ERROR_BODY)
+        except (OSError, TimeoutError):
             raw = b""
         finally:
             resp.release()
-        raise upstream_failure(deployment, resp.status, raw, resp.headers.get("Retry-After"))
+        raise upstream_failure(deployment, resp.status, raw, resp.headers.get("retry-after"))
     return resp
 
 
-async def read_response(resp: aiohttp.ClientResponse, deployment: str, seconds: float) -> bytes:
+async def read_response(resp: UpstreamResponse, deployment: str, seconds: float) -> bytes:
     """The whole body of a response whose head has arrived, within `seconds`. A server can send
     its head at once and then stall: the deadline covers the body too. Releases `resp`."""
     try:
@@ -108,7 +369,7 @@ async def read_response(resp: aiohttp.ClientResponse, deployment: str, seconds: 
         raise UpstreamTimeout(
             f"deployment '{deployment}' did not finish its response before its total timeout"
         ) from None
-    except (aiohttp.ClientError, OSError) as e:
+    except OSError as e:
         raise UpstreamError(
             f"deployment '{deployment}' broke off its response: {_describe(e)}", retryable=True
         ) from None
@@ -185,7 +446,7 @@ def _describe(e: BaseException) -> str:
 
 
 async def sse_data(
-    resp: aiohttp.ClientResponse, deployment: str, timeouts: Timeouts
+    resp: Response, deployment: str, timeouts: Timeouts
 ) -> AsyncGenerator[bytes, None]:
     """The `data:` payloads of a Server-Sent Events body, one per event.
 
@@ -224,7 +485,7 @@ async def sse_data(
             if line.startswith(b"data:"):
                 data.append(line[5:].lstrip(b" "))
             # event:, id:, retry: and comments carry nothing we need: the JSON says it all.
-    except aiohttp.ClientError as e:
+    except (OSError, ValueError) as e:  # ValueError: a line longer than _READ_LIMIT
         raise UpstreamError(
             f"deployment '{deployment}' stream broke: {_describe(e)}", retryable=True
         ) from None
@@ -251,6 +512,7 @@ class JsonEndpoint:
         self.headers = dict(headers)
         self.timeouts = timeouts
         self.missing_key_env = missing_key_env
+        self.upstream = Upstream(url, self.headers)
 
     def status(self) -> DeploymentStatus:
         if self.missing_key_env is not None:
@@ -265,7 +527,7 @@ class JsonEndpoint:
         loop = asyncio.get_running_loop()
         started = loop.time()
         resp = await post_json(
-            self.pool, self.deployment, self.url, body, self.headers, t, head_deadline=t.total
+            self.pool, self.deployment, self.upstream, body, t, head_deadline=t.total
         )
         raw = await read_response(resp, self.deployment, t.total - (loop.time() - started))
         try:
@@ -280,13 +542,7 @@ class JsonEndpoint:
         """POST and yield the SSE `data:` payloads; the caller closes the generator."""
         t = self.timeouts
         resp = await post_json(
-            self.pool,
-            self.deployment,
-            self.url,
-            body,
-            self.headers,
-            t,
-            head_deadline=t.first_token,
+            self.pool, self.deployment, self.upstream, body, t, head_deadline=t.first_token
         )
         async with aclosing(sse_data(resp, self.deployment, t)) as events:
             async for data in events:

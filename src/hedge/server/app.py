@@ -30,10 +30,19 @@ log = logging.getLogger("hedge.server")
 
 class HedgeApp:
     def __init__(
-        self, gateway: Gateway, *, admin_key: str | None = None, wait_for_models: bool = False
+        self,
+        gateway: Gateway,
+        *,
+        admin_key: str | None = None,
+        wait_for_models: bool = False,
+        worker: bool = False,
     ) -> None:
+        """`worker`: one of several worker processes (`hedge serve --workers N`); chat
+        completions then say which process answered, in `x-hedge-worker` (its pid)."""
         self.gateway = gateway
-        self._chat = openai_api.ChatCompletions(gateway, gateway.config.server.max_body_bytes)
+        self._chat = openai_api.ChatCompletions(
+            gateway, gateway.config.server.max_body_bytes, worker=worker
+        )
         self._embeddings = Embeddings(gateway, gateway.config.server.max_body_bytes)
         self._messages = anthropic_api.Messages(gateway, gateway.config.server.max_body_bytes)
         self._admin = AdminApi(gateway, admin_key)
