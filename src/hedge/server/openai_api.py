@@ -6,6 +6,7 @@ Rendering is a set of pure functions so the exact bytes a client sees can be tes
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from typing import Any, TypeVar
@@ -371,21 +372,29 @@ def caller_of(scope: Scope, request: ChatRequest | EmbeddingRequest) -> Caller:
                 )
             data_class = options.data_class
     control = header(scope, b"cache-control")
+    key = scope.get("hedge.key")  # set by server.auth: the API key's record, when keys exist
+    if key is not None:
+        policies += key.policies  # a key's policies only narrow, like the request's own
     return Caller(
         policies=tuple(dict.fromkeys(policies)),
         data_class=data_class,
         cache_control=control.decode("latin-1") if control else None,
+        key=None if key is None else key.id,
     )
 
 
 class ChatCompletions:
     """POST /v1/chat/completions."""
 
-    def __init__(self, gateway: Gateway, max_body: int) -> None:
+    def __init__(self, gateway: Gateway, max_body: int, *, worker: bool = False) -> None:
         self.gateway = gateway
         self.max_body = max_body
-        # Constant per deployment: encoded once, not per response.
-        self.provenance = {name: provenance_headers(p) for name, p in gateway.provenance.items()}
+        # Constant per deployment (and per process): encoded once, not per response.
+        own = [(b"x-hedge-worker", str(os.getpid()).encode())] if worker else []
+        self.provenance = {
+            name: [*provenance_headers(p), *own] for name, p in gateway.provenance.items()
+        }
+        self.provenance[""] = own
 
     def headers(self, trace: Trace) -> list[tuple[bytes, bytes]]:
         return [*trace_headers(trace), *self.provenance.get(trace.answered_by or "", ())]
