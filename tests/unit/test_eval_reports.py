@@ -171,3 +171,21 @@ def test_store_refuses_what_is_not_a_database(tmp_path: Path) -> None:
         SqliteEvalStore(bad).open()
     with pytest.raises(StoreError, match="is a directory"):
         SqliteEvalStore(tmp_path).open()
+
+
+@pytest.mark.parametrize("cost", [0.0, 1e-7, 0.3])
+def test_every_point_is_drawn_inside_the_plot(cost: float) -> None:
+    rows = [
+        CaseResult(c.name, f"c{i}", i % 2 == 0, "", output="x", latency_ms=1300.0 * (j + 1),
+                   cost_usd=cost * (j + 1))
+        for j, c in enumerate(CANDIDATES)
+        for i in range(6)
+    ]  # fmt: skip
+    svg = report_html.render(build_view(run_info(), rows), rows)
+    points = re.findall(r'<circle class="point[^"]*" cx="([\d.]+)" cy="([\d.]+)"', svg)
+    assert len(points) == 2
+    right = report_html.WIDTH - report_html.RIGHT
+    bottom = report_html.HEIGHT - report_html.BOTTOM
+    for x, y in points:
+        assert report_html.LEFT <= float(x) <= right
+        assert report_html.TOP <= float(y) <= bottom

@@ -52,7 +52,7 @@ def _fmt_x(value: float, on: Axis) -> str:
         return f"{value:.2f} s"
     if value == 0:
         return "$0"
-    return f"${value:.2g}" if value < 0.01 else f"${value:.4f}"
+    return f"${value:.3g}"
 
 
 def _ticks(high: float, count: int = 5) -> list[float]:
@@ -61,12 +61,14 @@ def _ticks(high: float, count: int = 5) -> list[float]:
     raw = high / count
     magnitude = 10 ** math.floor(math.log10(raw))
     step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
-    return [i * step for i in range(int(high / step + 1e-9) + 1)]
+    return [i * step for i in range(math.ceil(high / step - 1e-9) + 1)]
 
 
 def plot(rows: Sequence[Figures], on: Axis, frontier: Sequence[str]) -> str:
     """Accuracy (with its 95% interval) against cost (or latency) per case, as inline SVG."""
-    placed = [(f, x) for f in rows if (x := x_value(f, on)) is not None]
+    # Cost per case is a tiny number: shown per 1,000 cases, which reads like a price list.
+    scale = 1000.0 if on == "cost" else 1.0
+    placed = [(f, x * scale) for f in rows if (x := x_value(f, on)) is not None]
     top = max((x for _, x in placed), default=0.0)
     ticks = _ticks(top * 1.1 if top > 0 else 1.0)
     span = ticks[-1] if ticks[-1] > 0 else 1.0
@@ -79,7 +81,7 @@ def plot(rows: Sequence[Figures], on: Axis, frontier: Sequence[str]) -> str:
     def sy(y: float) -> float:
         return TOP + inner_h * (1 - y)
 
-    label = "USD per case" if on == "cost" else "seconds per case (cost unknown)"
+    label = "USD per 1,000 cases" if on == "cost" else "seconds per case (cost unknown)"
     parts = [
         f'<svg id="pareto-plot" xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" '
         f'height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" '
@@ -124,7 +126,8 @@ def plot(rows: Sequence[Figures], on: Axis, frontier: Sequence[str]) -> str:
             f'<circle class="point{" on-frontier" if on_front else ""}" cx="{cx:.1f}" '
             f'cy="{cy:.1f}" r="6" fill="{colour if on_front else "white"}" stroke="{colour}" '
             f'stroke-width="2"><title>{escape(f.label)}: accuracy {f.accuracy:.3f} '
-            f"({f.ci_low:.2f}-{f.ci_high:.2f}), {escape(_fmt_x(x, on))}</title></circle>"
+            f"({f.ci_low:.2f}-{f.ci_high:.2f}), {escape(_fmt_x(x, on))} "
+            f"{'per 1,000 cases' if on == 'cost' else 'per case'}</title></circle>"
             f'<text x="{cx + 9:.1f}" y="{cy - 7:.1f}"'
             f"{' class=' + chr(34) + 'frontier-mark' + chr(34) if on_front else ''}>"
             f"{escape(f.label)}</text>"
