@@ -320,9 +320,53 @@ class LedgerSettings(_Strict):
         return str(Path(v).expanduser())
 
 
+class KeySettings(_Strict):
+    """API keys (hedge keys create): where they are kept and how soon a change is seen."""
+
+    path: str | None = Field(
+        default=None, description="SQLite file; default: keys.db beside the ledger's file"
+    )
+    refresh_s: Annotated[float, Field(gt=0, le=60)] = Field(
+        default=2.0, description="a created or revoked key takes effect within this long"
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _expand(cls, v: str | None) -> str | None:
+        return None if v is None else str(Path(v).expanduser())
+
+
+class LimitSettings(_Strict):
+    """Where per-key rate limits and budget spend are counted. `memory`: rate limits per
+    process, spend in the key store's SQLite file; `redis`: both shared by every process."""
+
+    backend: Literal["memory", "redis"] = "memory"
+    url_env: str = Field(default="HEDGE_LIMITS_URL", description="Redis URL variable")
+    prefix: str = "hedge:limits:"
+    default_completion_tokens: Annotated[int, Field(ge=1)] = Field(
+        default=4096,
+        description="completion tokens assumed for a budget reservation without max_tokens",
+    )
+
+
+class SharedStateSettings(_Strict):
+    """`shared_state:` in hedge.yaml. `none`: each process keeps its own breakers and
+    revocations; `redis`: every process pointed at the same Redis shares them."""
+
+    backend: Literal["none", "redis"] = "none"
+    url_env: str = Field(default="HEDGE_STATE_URL", description="Redis URL variable")
+    prefix: str = "hedge:state:"
+    sync_interval_s: Annotated[float, Field(gt=0, le=30)] = Field(
+        default=0.5, description="how often peers' breaker openings and revocations are read"
+    )
+
+
 class HedgeConfig(_Strict):
     server: ServerSettings = ServerSettings()
     ledger: LedgerSettings = LedgerSettings()
+    shared_state: SharedStateSettings = SharedStateSettings()
+    keys: KeySettings = KeySettings()
+    limits: LimitSettings = LimitSettings()
     models: list[dict[str, Any]] = Field(
         default_factory=list, description="catalog records added to the shipped catalog"
     )
@@ -341,11 +385,19 @@ class Settings:
     catalog: Catalog
     secrets: dict[str, str] = field(default_factory=dict, repr=False)
     ledger_dsn: str | None = field(default=None, repr=False)
+    state_url: str | None = field(default=None, repr=False)  # shared_state: redis
     cache_urls: dict[str, str] = field(default_factory=dict, repr=False)  # per redis route
     warnings: tuple[str, ...] = ()
+    limits_url: str | None = field(default=None, repr=False)
 
     def secret_for(self, deployment: str) -> str | None:
         return self.secrets.get(deployment)
+
+    @property
+    def keys_path(self) -> str:
+        """The API key store's file: configured, else keys.db beside the ledger's file."""
+        path = self.config.keys.path
+        return path or str(Path(self.config.ledger.path).parent / "keys.db")
 
 
 def default_config_text() -> str:
@@ -411,14 +463,29 @@ def parse(text: str, source: str, environ: dict[str, str] | None = None) -> Sett
             f"{source}: ledger.backend is postgres but ${cfg.ledger.url_env} is not set. "
             "Fix: export it with a PostgreSQL DSN, or use backend: sqlite."
         )
+    limits_url = env.get(cfg.limits.url_env) if cfg.limits.backend == "redis" else None
+    if cfg.limits.backend == "redis" and not limits_url:
+        raise ConfigError(
+            f"{source}: limits.backend is redis but ${cfg.limits.url_env} is not set. Fix: "
+            "export it with a Redis URL such as redis://127.0.0.1:6379/0, or use backend: memory."
+        )
+    state_url = env.get(cfg.shared_state.url_env) if cfg.shared_state.backend == "redis" else None
+    if cfg.shared_state.backend == "redis" and not state_url:
+        raise ConfigError(
+            f"{source}: shared_state.backend is redis but ${cfg.shared_state.url_env} is not "
+            "set. Fix: export it with a Redis URL such as redis://127.0.0.1:6379/0, or use "
+            "backend: none."
+        )
     return Settings(
         config=cfg,
         source=source,
+        state_url=state_url,
         catalog=catalog,
         secrets=secrets,
         ledger_dsn=dsn,
         cache_urls=_cache_urls(cfg, env, source),
         warnings=tuple(warnings),
+        limits_url=limits_url,
     )
 
 

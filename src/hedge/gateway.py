@@ -13,6 +13,7 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hedge import policy
 from hedge.backends.base import Backend
@@ -51,6 +52,9 @@ from hedge.types import (
     EmbeddingResponse,
     ToolCallDelta,
 )
+
+if TYPE_CHECKING:
+    from hedge.shared_state import RedisSharedState
 
 log = logging.getLogger("hedge.gateway")
 
@@ -105,6 +109,7 @@ class Gateway:
         windows: dict[str, int | None] | None = None,
         ledger: Ledger | None = None,
         caches: dict[str, RouteCache] | None = None,
+        state_url: str | None = None,
     ) -> None:
         self.config = config
         self.provenance = provenance
@@ -140,6 +145,11 @@ class Gateway:
         self._embedder_plans: dict[tuple[str, tuple[str, ...], str | None], bool] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self.caches = caches or {}
+        self._shared: RedisSharedState | None = None
+        if config.shared_state.backend == "redis" and state_url:
+            from hedge.shared_state import RedisSharedState
+
+            self._shared = RedisSharedState(state_url, config.shared_state)
         for route, cache in self.caches.items():
             cache.embed = self._prompt_embedder(route)
 
@@ -154,6 +164,7 @@ class Gateway:
             context_windows(settings),
             open_ledger(settings.config.ledger, settings.ledger_dsn),
             build_caches(settings),
+            settings.state_url,
         )
 
     async def start(self, wait: bool = False) -> None:
@@ -163,11 +174,15 @@ class Gateway:
         for cache in self.caches.values():
             if cache.store is not None:
                 await cache.store.start()
+        if self._shared is not None:
+            await self._shared.start(self.breakers)
         self._tasks = [asyncio.create_task(b.start()) for b in self.backends.values()]
         if wait:
             await asyncio.gather(*self._tasks)
 
     async def aclose(self) -> None:
+        if self._shared is not None:
+            await self._shared.aclose()
         for task in self._tasks:
             task.cancel()
         for backend in self.backends.values():

@@ -31,6 +31,8 @@ from hedge.types import (
 )
 
 BreakerState = Literal["closed", "open", "half_open"]
+# What a breaker tells its listener (hedge.shared_state shares these between processes).
+BreakerEvent = Literal["opened", "closed", "revoked", "restored"]
 Answer = TypeVar("Answer", ChatResponse, EmbeddingResponse)
 
 
@@ -59,6 +61,11 @@ class Breaker:
         self._opened_at: float | None = None
         self._probing = False
         self.revoked: str | None = None
+        self.listener: Callable[[Breaker, BreakerEvent], None] | None = None
+        # Whether the opening / revocation in force came from another process (and so ends
+        # when that process says so), rather than from this one's own calls or drill.
+        self._peer_opening = False
+        self._peer_revocation = False
 
     # ---- state ---------------------------------------------------------------------------
 
@@ -87,12 +94,47 @@ class Breaker:
         assert self._opened_at is not None
         return max(0.0, self.settings.cooldown_s - (self._clock() - self._opened_at))
 
+    @property
+    def failures(self) -> int:
+        return self._failures
+
     def revoke(self, reason: str) -> None:
-        self.revoked = reason
+        self.revoked, self._peer_revocation = reason, False
+        self._tell("revoked")
 
     def restore(self) -> None:
-        self.revoked = None
+        self._reset()
+        self._tell("restored")
+
+    def _reset(self) -> None:
+        self.revoked, self._peer_revocation, self._peer_opening = None, False, False
         self._failures, self._opened_at, self._probing = 0, None, False
+
+    def _tell(self, event: BreakerEvent) -> None:
+        if self.listener is not None:
+            self.listener(self, event)
+
+    # ---- what other processes decided (hedge.shared_state) -------------------------------
+
+    def adopt_opening(self, opened_at: float, failures: int) -> None:
+        """Another process opened this breaker at `opened_at` (this process's clock): open
+        here too, unless this process's own opening is as recent."""
+        if self._opened_at is None or (opened_at > self._opened_at + 1e-3):
+            self._opened_at, self._peer_opening = opened_at, True
+            self._failures = max(self._failures, failures)
+
+    def drop_peer_opening(self) -> None:
+        """No process holds this breaker open any more: close it if only a peer opened it."""
+        if self._peer_opening:
+            self._failures, self._opened_at, self._peer_opening = 0, None, False
+
+    def adopt_revocation(self, reason: str) -> None:
+        if self.revoked is None:
+            self.revoked, self._peer_revocation = reason, True
+
+    def drop_peer_revocation(self) -> None:
+        if self._peer_revocation:
+            self._reset()
 
     def status(self) -> DeploymentStatus:
         inner = self.inner.status()
@@ -109,7 +151,11 @@ class Breaker:
             self._probing = True
 
     def _succeeded(self) -> None:
+        was_open = self._opened_at is not None
         self._failures, self._opened_at, self._probing = 0, None, False
+        if was_open:
+            self._peer_opening = False
+            self._tell("closed")
 
     def _failed(self, error: UpstreamError) -> None:
         self._probing = False
@@ -118,7 +164,12 @@ class Breaker:
             self.revoke(f"the upstream refused our credentials ({error.message})")
         self._failures += 1
         if self._opened_at is not None or self._failures >= self.settings.failures:
-            self._opened_at = self._clock()
+            # Told once per opening (and per failed probe), not for every call that was
+            # already in flight when it opened.
+            news = self._opened_at is None or self._peer_opening or self.breaker_state() != "open"
+            self._opened_at, self._peer_opening = self._clock(), False
+            if news:
+                self._tell("opened")
 
     def _settle(self, error: BaseException | None) -> None:
         if isinstance(error, trace.BudgetExhausted):
