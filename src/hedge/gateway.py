@@ -244,6 +244,7 @@ class Gateway:
         allowed = self.policy_plan(request.model, caller)
         if trace is not None:
             trace.plan = allowed
+            trace.caller_key = caller.key
             trace.max_attempts = route.max_attempts
             trace.deadline = trace.started + route.deadline_s
             current_trace.set(trace)  # this task serves this request, stream included

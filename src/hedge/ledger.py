@@ -136,7 +136,7 @@ def request_record(
         request_id=trace.request_id,
         ts=ts,
         route=trace.route,
-        caller_key=key,
+        caller_key=key if key is not None else trace.caller_key,
         answered_by=trace.answered_by,
         stage=stage if stage is not None else getattr(trace, "stage", None),
         status=status,

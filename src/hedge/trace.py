@@ -46,6 +46,7 @@ class Trace:
     answered_by: str | None = None
     resumed_on: str | None = None  # a stream that broke mid-answer and continued elsewhere
     plan: policy.Plan | None = None
+    caller_key: str | None = None  # the API key's id (never its secret), when keys are on
     stage: int | None = None  # the cascade stage whose answer was returned
     rejections: list[str] = field(default_factory=list)  # why earlier stages escalated
     accepted: bool | None = None  # the answer's validator verdict (None: none judged it)

@@ -229,6 +229,8 @@ def test_keys_guard_every_endpoint_and_nothing_private_is_stored(  # noqa: PLR09
                         assert secret not in text
         with sqlite3.connect(tmp_path / "ledger.db") as db:
             assert db.execute("SELECT count(*) FROM requests").fetchone()[0] >= 5
+            callers = {r[0] for r in db.execute("SELECT DISTINCT caller_key FROM requests")}
+        assert key.split("_")[1] in callers, "spend is recorded against the key's id"
         for k in (key, narrow, policed, limited, late):
             assert k.rsplit("_", 1)[1] not in log
         assert ADMIN not in log
