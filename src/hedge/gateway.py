@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -40,7 +40,7 @@ from hedge.errors import (
     Unsupported,
     UpstreamError,
 )
-from hedge.ledger import Ledger, NullLedger, open_ledger, request_record
+from hedge.ledger import Ledger, NullLedger, RequestRecord, open_ledger, request_record
 from hedge.provenance import all_provenance
 from hedge.trace import Trace
 from hedge.trace import current as current_trace
@@ -145,6 +145,8 @@ class Gateway:
         self._embedder_plans: dict[tuple[str, tuple[str, ...], str | None], bool] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self.caches = caches or {}
+        # Called with every finished request (record, trace, error code): metrics, dashboard.
+        self.observers: list[Callable[[RequestRecord, Trace, str | None], None]] = []
         self._shared: RedisSharedState | None = None
         if config.shared_state.backend == "redis" and state_url:
             from hedge.shared_state import RedisSharedState
@@ -192,9 +194,17 @@ class Gateway:
             await cache.aclose()
         await self.ledger.aclose()  # flushes what is queued: a clean stop loses nothing
 
-    def record(self, trace: Trace, status: int) -> None:
-        """Hand the finished request to the ledger (queued; written off the hot path)."""
-        self.ledger.record(request_record(trace, self.prices, status))
+    def record(self, trace: Trace, status: int, error: str | None = None) -> None:
+        """Hand the finished request to the ledger (queued; written off the hot path) and to
+        the observers (metrics, the dashboard's recent requests). `error`: the error's code
+        when it failed with one."""
+        record = request_record(trace, self.prices, status)
+        self.ledger.record(record)
+        for observe in self.observers:
+            try:
+                observe(record, trace, error)
+            except Exception:  # an observer must never fail a request
+                log.exception("request observer %r failed", observe)
 
     def policy_plan(self, route: str, caller: Caller = Caller()) -> policy.Plan:
         """The route's deployments that its policies and the caller's admit (cached)."""

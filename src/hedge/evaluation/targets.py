@@ -103,13 +103,21 @@ class InProcessTarget:
         try:
             response = await self.gateway.chat(request, trace)
         except HedgeError as e:
-            self.gateway.record(trace, e.status)
+            self.gateway.record(trace, e.status, e.code)
             raise CallFailed(
                 f"{e.status} {e.code}: {e.message}",
                 retryable=e.status in RETRYABLE_STATUS,
                 request_id=trace.request_id,
                 attempts=len(trace.attempts),
                 retry_after_s=_seconds(e.headers.get("Retry-After")),
+            ) from None
+        except Exception as e:  # a bug, which the server would answer with a 500
+            self.gateway.record(trace, 500)
+            raise CallFailed(
+                f"500 internal_error: {type(e).__name__}: {e}",
+                retryable=False,
+                request_id=trace.request_id,
+                attempts=len(trace.attempts),
             ) from None
         latency_ms = (time.perf_counter() - started) * 1000
         self.gateway.record(trace, 200)

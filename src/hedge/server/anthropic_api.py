@@ -994,7 +994,7 @@ class Messages:
             e.headers.setdefault("request-id", trace.request_id)
             if trace.attempts:
                 e.headers.setdefault("x-hedge-attempts", str(len(trace.attempts)))
-            self.gateway.record(trace, e.status)
+            self.gateway.record(trace, e.status, e.code)
             raise
         await relay_events(
             chunks,

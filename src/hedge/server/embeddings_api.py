@@ -61,7 +61,7 @@ class Embeddings:
             e.headers.setdefault("x-request-id", trace.request_id)
             if trace.attempts:
                 e.headers.setdefault("x-hedge-attempts", str(len(trace.attempts)))
-            self.gateway.record(trace, e.status)
+            self.gateway.record(trace, e.status, e.code)
             raise
         payload = orjson.dumps(render_embeddings(response, request.model, request.encoding_format))
         self.gateway.record(trace, 200)
