@@ -168,6 +168,9 @@ class Ledger(Protocol):
     ) -> list[dict[str, Any]]:
         """Rows for `hedge costs` (see `hedge.store.summary_rows`)."""
 
+    async def timeline(self, since: float, bucket_s: float) -> list[dict[str, Any]]:
+        """Spend and successes per route and time bucket (see `hedge.store.timeline_rows`)."""
+
 
 class NullLedger:
     """`ledger.backend: none`: nothing is kept, no request is known."""
@@ -187,6 +190,9 @@ class NullLedger:
     async def summary(
         self, since: float | None, route: str | None, by: GroupBy
     ) -> list[dict[str, Any]]:
+        return []
+
+    async def timeline(self, since: float, bucket_s: float) -> list[dict[str, Any]]:
         return []
 
 
@@ -305,6 +311,11 @@ class BatchingLedger:
         if self._buffer and self._flush_lock is not None:
             await self.flush()
         return await self._run(self.store.summary, since, route, by)
+
+    async def timeline(self, since: float, bucket_s: float) -> list[dict[str, Any]]:
+        # No flush first (unlike `summary`): a dashboard polling every few seconds must not
+        # undo the batching; what is queued is at most one flush interval old.
+        return await self._run(self.store.timeline, since, bucket_s)
 
     async def aclose(self) -> None:
         if self._closed:

@@ -176,6 +176,48 @@ def summary_rows(raw: Sequence[Sequence[Any]], by: GroupBy) -> list[dict[str, An
     return rows
 
 
+def timeline_query(since: float, bucket_s: float, floor: str) -> tuple[str, tuple[Any, ...]]:
+    """The SQL and parameters for the dashboard's spend over time: per `bucket_s` seconds
+    since `since` and per route, the requests, errors, successes, judged requests and spend
+    (see `timeline_rows`). `floor` is the dialect's expression template for the bucket index
+    of a non-negative `{}` (SQLite truncates a CAST, PostgreSQL rounds it)."""
+    bucket = floor.format("(ts - ?) / ?")
+    sql = (
+        "SELECT bucket, route, COUNT(*),"
+        " COALESCE(SUM(CASE WHEN status >= 400 THEN 1 ELSE 0 END), 0),"
+        " COALESCE(SUM(CASE WHEN success THEN 1 ELSE 0 END), 0),"
+        " COUNT(success), COALESCE(SUM(cost_usd), 0)"
+        f" FROM (SELECT {bucket} AS bucket, route, status, success, cost_usd"
+        " FROM requests WHERE ts >= ?) t"
+        " GROUP BY bucket, route ORDER BY bucket, route"
+    )
+    return sql, (since, bucket_s, since)
+
+
+def timeline_rows(
+    raw: Sequence[Sequence[Any]], since: float, bucket_s: float
+) -> list[dict[str, Any]]:
+    """Query rows -> one dict per (bucket, route), oldest first; `ts` is the bucket's start.
+    `cost_per_success_usd` is the bucket's whole spend over its successes (None: none)."""
+    rows = []
+    for bucket, route, requests, errors, raw_successes, judged, raw_spend in raw:
+        successes = int(raw_successes)
+        spend = float(raw_spend)
+        rows.append(
+            {
+                "ts": since + int(bucket) * bucket_s,
+                "route": route,
+                "requests": int(requests),
+                "errors": int(errors),
+                "successes": successes,
+                "judged": int(judged),
+                "spend_usd": spend,
+                "cost_per_success_usd": spend / successes if successes else None,
+            }
+        )
+    return rows
+
+
 class Store(Protocol):
     """Synchronous storage for ledger records, called from one worker thread at a time."""
 
@@ -191,5 +233,9 @@ class Store(Protocol):
 
     def summary(self, since: float | None, route: str | None, by: GroupBy) -> list[dict[str, Any]]:
         """Rows for `hedge costs`, as `summary_rows` shapes them."""
+
+    def timeline(self, since: float, bucket_s: float) -> list[dict[str, Any]]:
+        """Requests, successes and spend per route and time bucket, as `timeline_rows`
+        shapes them."""
 
     def close(self) -> None: ...

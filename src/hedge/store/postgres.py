@@ -29,6 +29,8 @@ from hedge.store import (
     request_row,
     summary_query,
     summary_rows,
+    timeline_query,
+    timeline_rows,
 )
 
 if TYPE_CHECKING:
@@ -208,6 +210,16 @@ class PostgresStore:
         except psycopg.Error as e:
             raise self._error("cannot be read", e) from None
         return summary_rows(raw, by)
+
+    def timeline(self, since: float, bucket_s: float) -> list[dict[str, Any]]:
+        # A CAST to an integer would round: FLOOR gives the bucket the row falls in.
+        sql, params = timeline_query(since, bucket_s, "FLOOR({})::bigint")
+        conn = self._connection()
+        try:
+            raw = conn.execute(_pg(sql), params).fetchall()
+        except psycopg.Error as e:
+            raise self._error("cannot be read", e) from None
+        return timeline_rows(raw, since, bucket_s)
 
     def close(self) -> None:
         if self._conn is not None:

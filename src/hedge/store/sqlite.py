@@ -25,6 +25,8 @@ from hedge.store import (
     request_row,
     summary_query,
     summary_rows,
+    timeline_query,
+    timeline_rows,
 )
 
 if TYPE_CHECKING:
@@ -204,6 +206,15 @@ class SqliteStore:
         except sqlite3.Error as e:
             raise self._error("cannot be read", e) from None
         return summary_rows(raw, by)
+
+    def timeline(self, since: float, bucket_s: float) -> list[dict[str, Any]]:
+        # CAST truncates toward zero: the floor of the non-negative bucket index.
+        sql, params = timeline_query(since, bucket_s, "CAST({} AS INTEGER)")
+        try:
+            raw = self.connection.execute(sql, params).fetchall()
+        except sqlite3.Error as e:
+            raise self._error("cannot be read", e) from None
+        return timeline_rows(raw, since, bucket_s)
 
     def close(self) -> None:
         if self._conn is not None:
