@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -37,6 +38,16 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="load every embedded model before accepting requests",
     )
+    serve.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        help="worker processes sharing the port, supervised (default: 1); state such as "
+        "breakers and the memory cache is per worker",
+    )
+    # Set by the supervisor of `--workers N` on the workers it starts.
+    serve.add_argument("--worker-fds", help=argparse.SUPPRESS)
+    serve.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
 
     chat = sub.add_parser("chat", help="send one prompt and stream the answer")
     chat.add_argument("prompt")
@@ -106,6 +117,9 @@ def _operations(sub: Any) -> None:
     costs.add_argument("--by", choices=["deployment", "route", "key"], default="route")
     costs.add_argument("--json", action="store_true")
 
+    from hedge import keys_cli
+
+    keys_cli.add_arguments(sub.add_parser("keys", help="create, list and revoke API keys"))
     doctor = sub.add_parser("doctor", help="audit a config for vendor concentration")
     doctor.add_argument("--config", help="path to hedge.yaml (default as for serve)")
     doctor.add_argument("--json", action="store_true")
@@ -130,6 +144,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from hedge import replay_report
 
             return replay_report.main(args)
+        if args.command == "keys":
+            from hedge import keys_cli
+
+            return keys_cli.run(args)
         if args.command == "eval":
             from hedge.evaluation import cli as evaluation_cli
 
@@ -142,38 +160,75 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+GRACEFUL_STOP_S = 30
+
+
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from hedge.gateway import Gateway
+    from hedge.server import workers
     from hedge.server.app import HedgeApp
 
-    settings = config.load(config.find_config(args.config))
+    source = config.find_config(args.config)
+    settings = config.load(source)
     server = settings.config.server
     host = args.host or server.host
     port = server.port if args.port is None else args.port
-    for warning in settings.warnings:
-        print(f"hedge: warning: {warning}", file=sys.stderr)
-    app = HedgeApp(
-        Gateway.from_settings(settings),
-        admin_key=settings.secrets.get(config.ADMIN_SECRET),
-        wait_for_models=args.wait_for_models,
-    )
     routes = ", ".join(settings.config.routes)
+    worker = args.worker_fds is not None
+    if not worker:
+        from hedge.server.auth import check_exposure
+
+        check_exposure(settings, host)  # without API keys, loopback only
+        for warning in settings.warnings:
+            print(f"hedge: warning: {warning}", file=sys.stderr)
+    if args.workers > 1 and not worker:
+        print(
+            f"hedge: serving {routes} from {settings.source} on http://{host}:{port} "
+            f"with {args.workers} workers",
+            file=sys.stderr,
+        )
+        child = [] if source is None else ["--config", str(Path(source).resolve())]
+        child += ["--wait-for-models"] if args.wait_for_models else []
+        return workers.supervise(child, host, port, args.workers, GRACEFUL_STOP_S)
+    from hedge import logs
+    from hedge.server.auth import guard
+
+    logs.configure(server.log_level, server.log_format)
+    app = guard(  # API keys and their limits, in front of everything
+        HedgeApp(
+            Gateway.from_settings(settings),
+            admin_key=settings.secrets.get(config.ADMIN_SECRET),
+            wait_for_models=args.wait_for_models,
+            worker=worker,
+        ),
+        settings,
+    )
+    options: dict[str, Any] = {
+        "loop": "uvloop" if sys.platform != "win32" else "asyncio",
+        "http": "httptools",
+        "lifespan": "on",
+        "access_log": False,
+        "log_level": server.log_level,
+        "log_config": None,  # hedge.logs formats uvicorn's records too
+        "timeout_graceful_shutdown": GRACEFUL_STOP_S,
+    }
+    if worker:
+        fds = workers.parse_worker_fds(args.worker_fds)
+        workers.run_worker(uvicorn.Config(app, **options), fds)
+        return 0
     print(
         f"hedge: serving {routes} from {settings.source} on http://{host}:{port}", file=sys.stderr
     )
-    uvicorn.run(
-        app,
-        host=host,
-        port=port,
-        loop="uvloop" if sys.platform != "win32" else "asyncio",
-        http="httptools",
-        lifespan="on",
-        access_log=False,
-        log_level=server.log_level,
-        timeout_graceful_shutdown=30,
-    )
+    uvicorn.run(app, host=host, port=port, **options)
     return 0
 
 

@@ -289,6 +289,12 @@ class ServerSettings(_Strict):
     port: Annotated[int, Field(ge=0, le=65535)] = 8080
     max_body_bytes: Annotated[int, Field(ge=1024)] = 4 * 1024 * 1024
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "text"] = Field(
+        default="json", description="stderr lines as JSON objects (for log shippers) or text"
+    )
+    request_log: bool = Field(
+        default=True, description="one log line per finished request (metadata only)"
+    )
     data_dir: str = Field(
         default="~/.cache/hedge",
         description="where hedge keeps assembled model files",

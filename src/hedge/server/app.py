@@ -11,6 +11,8 @@ from typing import Any
 
 from hedge.errors import HedgeError, MethodNotAllowed, ModelNotFound, NotFound
 from hedge.gateway import Gateway
+from hedge.logs import log_request
+from hedge.metrics import CONTENT_TYPE, Metrics
 from hedge.server import anthropic_api, openai_api
 from hedge.server.admin_api import AdminApi
 from hedge.server.asgi import (
@@ -19,6 +21,7 @@ from hedge.server.asgi import (
     Receive,
     Scope,
     Send,
+    send_bytes,
     send_error,
     send_json,
 )
@@ -47,6 +50,10 @@ class HedgeApp:
         self._messages = anthropic_api.Messages(gateway, gateway.config.server.max_body_bytes)
         self._admin = AdminApi(gateway, admin_key)
         self._feedback = FeedbackApi(gateway.ledger)
+        self._metrics = Metrics(gateway)
+        gateway.observers.append(self._metrics.observe)
+        if gateway.config.server.request_log:
+            gateway.observers.append(log_request)
         self._wait = wait_for_models
         self._models_payload = {
             "object": "list",
@@ -120,6 +127,10 @@ class HedgeApp:
             await self._messages(scope, receive, send)
         elif path == "/v1/feedback":
             await self._feedback(scope, receive, send)
+        elif path == "/metrics":
+            _allow(method, "GET", path)
+            self._admin.authorize(scope)  # the admin key, or loopback without one
+            await send_bytes(send, 200, self._metrics.render(), [(b"content-type", CONTENT_TYPE)])
         elif path == "/v1/models":
             _allow(method, "GET", path)
             await send_json(send, 200, self._models_payload)

@@ -193,9 +193,9 @@ class Guard:
             await self.app(scope, receive, send)
             return
         try:
-            if path.startswith("/admin/"):
+            if path.startswith("/admin/") or path == "/metrics":
                 # The admin key (server.admin_key_env) is checked by the admin API itself; a
-                # client key never opens these.
+                # client key never opens these (metrics name routes, keys and spend).
                 if not self._admin_keyed:
                     raise PermissionDenied(
                         "Admin endpoints are closed while API keys are configured and no "

@@ -417,7 +417,7 @@ class ChatCompletions:
             e.headers.setdefault("x-request-id", trace.request_id)
             if trace.attempts:
                 e.headers.setdefault("x-hedge-attempts", str(len(trace.attempts)))
-            self.gateway.record(trace, e.status)
+            self.gateway.record(trace, e.status, e.code)
             raise
         await relay_events(
             chunks,
