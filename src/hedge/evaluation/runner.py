@@ -223,7 +223,29 @@ class Runner:
                 tags=tuple(case.tags),
                 ts=self.clock(),
             )
-        score = await score_case(self.suite.header.scorers, case, request, answer.text, self.ask)
+        try:
+            score = await score_case(
+                self.suite.header.scorers, case, request, answer.text, self.ask
+            )
+        except Exception as e:  # a scorer's own failure must not end the whole run
+            return CaseResult(
+                candidate=candidate.name,
+                case_id=case.id,
+                passed=False,
+                reason="the answer could not be scored",
+                status="error",
+                output=answer.text,
+                error=f"scoring failed: {type(e).__name__}: {e}",
+                request_id=answer.request_id,
+                deployment=answer.deployment,
+                latency_ms=answer.latency_ms,
+                prompt_tokens=answer.prompt_tokens,
+                completion_tokens=answer.completion_tokens,
+                cost_usd=answer.cost_usd,
+                attempts=answer.attempts,
+                tags=tuple(case.tags),
+                ts=self.clock(),
+            )
         return CaseResult(
             candidate=candidate.name,
             case_id=case.id,
