@@ -20,12 +20,14 @@ What runs, all on 127.0.0.1:
   pointing at nginx and with request logging off:
   - `direct`: wrk straight to nginx (the floor);
   - `hedge-1`: `hedge serve` with 1 worker;
+  - `hedge-1+ledger`: the same with hedge's default SQLite ledger on;
   - `hedge-N`: `hedge serve --workers N`, N = the usable cores;
   - `litellm`: the LiteLLM proxy, 1 worker, installed by this script into its own virtual
     environment (~/.cache/hedge/bench/litellm-venv, a pinned version), never a dependency of
     hedge. It needs no database: with none, it keeps no spend logs.
-  hedge keeps its default SQLite ledger on (one record per request, batched off the hot path),
-  so its figures include that cost.
+  Equivalent configuration: LiteLLM without a database keeps no spend logs, so `hedge-1` and
+  `hedge-N` run with `ledger: {backend: none}`; `hedge-1+ledger` shows what hedge's default
+  ledger (SQLite, one record per request, batched off the hot path) costs on top.
 
 Figures per candidate: requests/s at concurrency 1, 32 and 256 (wrk, non-streamed), latency
 p50/p99 and added latency (candidate - direct at the same concurrency), requests/s of the
@@ -122,11 +124,15 @@ http {{
 """
 
 
-def hedge_config(tmp: Path, nginx_port: int, port: int) -> str:
+def hedge_config(tmp: Path, nginx_port: int, port: int, ledger: bool = False) -> str:
+    """hedge with one route per canned answer. `ledger`: its default SQLite ledger (one
+    record per request, batched off the hot path); without it `backend: none`, the
+    equivalent of the LiteLLM proxy without a database (which keeps no spend logs)."""
     upstream = f"http://127.0.0.1:{nginx_port}"
+    book = f'{{backend: sqlite, path: "{tmp}/ledger-{port}.db"}}' if ledger else "{backend: none}"
     return f"""
 server: {{host: 127.0.0.1, port: {port}, log_level: warning, data_dir: "{tmp}/data"}}
-ledger: {{backend: sqlite, path: "{tmp}/ledger-{port}.db"}}
+ledger: {book}
 deployments:
   nginx-canned:
     kind: openai_compat
@@ -682,11 +688,16 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], timeout_s: float) -> Non
 
 @contextlib.contextmanager
 def hedge_server(
-    name: str, tmp: Path, nginx_port: int, workers: int, cpus: list[int] | None
+    name: str,
+    tmp: Path,
+    nginx_port: int,
+    workers: int,
+    cpus: list[int] | None,
+    ledger: bool = False,
 ) -> Iterator[Server]:
     port = free_port()
     cfg = tmp / f"hedge-{port}.yaml"
-    cfg.write_text(hedge_config(tmp, nginx_port, port))
+    cfg.write_text(hedge_config(tmp, nginx_port, port, ledger))
     cmd = [*pin(cpus), *hedge_command(), "serve", "--config", str(cfg), "--port", str(port)]
     if workers > 1:
         cmd += ["--workers", str(workers)]
@@ -735,6 +746,7 @@ def run(args: argparse.Namespace, plan: Plan) -> dict[str, Any]:
         "placement": {
             "nginx_and_wrk_and_ttfb_client": cpus["load"],
             "hedge-1": cpus["one_worker"],
+            "hedge-1+ledger": cpus["one_worker"],
             "litellm": cpus["one_worker"],
             f"hedge-{workers}": cpus["n_workers"],
             "how": "taskset -c (None: not pinned)",
@@ -755,6 +767,10 @@ def run(args: argparse.Namespace, plan: Plan) -> dict[str, Any]:
         if wanted("hedge-1"):
             with hedge_server("hedge-1", tmp, nginx.port, 1, cpus["one_worker"]) as srv:
                 report["candidates"]["hedge-1"] = measure_candidate(srv, plan, tmp, cpus["load"])
+        if wanted("hedge-1+ledger"):
+            name = "hedge-1+ledger"
+            with hedge_server(name, tmp, nginx.port, 1, cpus["one_worker"], ledger=True) as srv:
+                report["candidates"][name] = measure_candidate(srv, plan, tmp, cpus["load"])
         if wanted(f"hedge-{workers}") and workers > 1:
             name = f"hedge-{workers}"
             with hedge_server(name, tmp, nginx.port, workers, cpus["n_workers"]) as srv:
@@ -873,6 +889,10 @@ def compute_ratios(report: dict[str, Any]) -> dict[str, Any]:
             out[f"hedge-1 / litellm requests/s at c={c}"] = round(r, 1)
         r = one["stream"]["rps"] / lite["stream"]["rps"]
         out["hedge-1 / litellm stream requests/s at c=32"] = round(r, 1)
+    booked = cands.get("hedge-1+ledger")
+    if booked and lite:
+        r = booked["throughput"]["32"]["rps"] / lite["throughput"]["32"]["rps"]
+        out["hedge-1+ledger / litellm requests/s at c=32"] = round(r, 1)
     if one:
         added = one["throughput"]["1"]["p50_ms"] - direct["throughput"]["1"]["p50_ms"]
         out["hedge-1 added p50 latency at c=1, ms (target <= 0.5)"] = round(added, 3)

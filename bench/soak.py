@@ -4,7 +4,8 @@
     .venv/bin/python bench/soak.py --minutes 2      # a shorter try
 
 nginx answers canned completions and streams (as in bench/hot_path.py); `hedge serve` (one
-worker, its default SQLite ledger on) routes to it; wrk keeps 32 connections busy for the whole
+worker, with its default SQLite ledger on, so the ledger's buffers are soaked too) routes to
+it; wrk keeps 32 connections busy for the whole
 run, each request alternating between a plain and a streamed completion (a Lua `request`
 hook), so both paths and the ledger run all along. The server's RSS (the sum over its
 processes, from /proc) is sampled every `--interval` seconds. The first `--warmup` fraction of
@@ -101,7 +102,7 @@ def main() -> int:
         plain = body_for("canned", False).decode()
         stream = body_for("canned-stream", True).decode()
         script.write_text(SOAK_LUA.format(plain=plain, stream=stream))
-        with hedge_server("hedge-1", tmp, nginx.port, 1, cpus["one_worker"]) as srv:
+        with hedge_server("hedge-1", tmp, nginx.port, 1, cpus["one_worker"], ledger=True) as srv:
             assert srv.proc is not None
             url = f"http://127.0.0.1:{srv.port}/v1/chat/completions"
             cmd = [*pin(cpus["load"]), wrk, "-t1", f"-c{args.connections}", f"-d{seconds}s"]

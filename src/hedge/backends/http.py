@@ -40,6 +40,7 @@ _MAX_ERROR_BODY = 64 * 1024
 # A body buffer above twice this pauses reading from the upstream until the reader catches
 # up; also the longest SSE line accepted.
 _READ_LIMIT = 1024 * 1024
+_READ_BLOCK = 64 * 1024
 _MAX_IDLE_PER_UPSTREAM = 512
 _IDLE_S = 60.0  # an idle pooled connection older than this is closed rather than reused
 
@@ -51,7 +52,7 @@ class BrokenResponse(ConnectionError):
 class Body(Protocol):
     """What `sse_data` reads a stream from (an asyncio.StreamReader fits)."""
 
-    async def readline(self) -> bytes: ...
+    async def read(self, n: int = -1) -> bytes: ...
 
 
 class Response(Protocol):
@@ -450,32 +451,52 @@ async def sse_data(
 ) -> AsyncGenerator[bytes, None]:
     """The `data:` payloads of a Server-Sent Events body, one per event.
 
-    The first event must come within `first_token` seconds and every later one within `idle`;
-    a connection that drops mid-stream raises `UpstreamError`. The caller decides what a
-    missing end marker means.
+    The first event must come within `first_token` seconds and every later one within `idle`
+    (each line within that gap of the previous one); a connection that drops mid-stream
+    raises `UpstreamError`. The caller decides what a missing end marker means.
+
+    The body is read in blocks and split here, so a block holding several lines (an upstream
+    that writes a few events at once) costs one wait and one timer, not one per line.
     """
     content = resp.content
     loop = asyncio.get_running_loop()
     end = loop.time() + timeouts.total
     gap = timeouts.first_token
     data: list[bytes] = []
+    buf = b""
+    at = 0  # where the next line starts in buf
+    deadline: float | None = None  # for the line being waited for
     try:
         while True:
-            deadline = min(loop.time() + gap, end)
-            try:
-                async with asyncio.timeout_at(deadline):
-                    line = await content.readline()
-            except TimeoutError:
-                what = "ran past its total" if deadline >= end else "stalled for"
-                limit = timeouts.total if deadline >= end else gap
-                raise UpstreamTimeout(
-                    f"deployment '{deployment}' stream {what} {limit:g}s"
-                ) from None
-            if not line:
+            newline = buf.find(b"\n", at)
+            if newline >= 0:
+                line = buf[at:newline]
+                at = newline + 1
+                deadline = None
+            else:
+                buf, at = buf[at:], 0
+                if len(buf) > _READ_LIMIT:
+                    raise ValueError(f"an event line longer than {_READ_LIMIT} bytes")
+                if deadline is None:
+                    deadline = min(loop.time() + gap, end)
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        more = await content.read(_READ_BLOCK)
+                except TimeoutError:
+                    what = "ran past its total" if deadline >= end else "stalled for"
+                    limit = timeouts.total if deadline >= end else gap
+                    raise UpstreamTimeout(
+                        f"deployment '{deployment}' stream {what} {limit:g}s"
+                    ) from None
+                if more:
+                    buf += more
+                    continue
+                if buf.strip(b"\r") and buf.startswith(b"data:"):  # a last line, unended
+                    data.append(buf.rstrip(b"\r")[5:].lstrip(b" "))
                 if data:
                     yield b"\n".join(data)
                 return
-            line = line.rstrip(b"\r\n")
+            line = line.rstrip(b"\r")
             if not line:
                 if data:
                     yield b"\n".join(data)
