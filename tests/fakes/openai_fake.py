@@ -174,9 +174,14 @@ _CUT_MODEL = re.compile(r"stream-cut-(\d+)-of-(\d+)")
 _COUNT_PROMPT = re.compile(r"\bcount (\d+)\b")
 
 
+# Bounds a real upstream has too, so a fuzzed request cannot make the fake build a huge answer.
+MAX_COUNT = 10_000
+MAX_DIMENSIONS = 4096
+
+
 def counted(n: int) -> str:
-    """The planned answer of `count-<n>`: "t1 t2 ... t<n>"."""
-    return " ".join(f"t{i}" for i in range(1, n + 1))
+    """The planned answer of `count-<n>`: "t1 t2 ... t<n>" (n at most MAX_COUNT)."""
+    return " ".join(f"t{i}" for i in range(1, min(n, MAX_COUNT) + 1))
 
 
 def planned_text(base: str, body: dict[str, Any]) -> str:
@@ -455,6 +460,10 @@ async def _handle_embeddings(fake: FakeOpenAI, request: web.Request) -> web.Stre
         dims = int(m.group(1))
     if isinstance(body.get("dimensions"), int) and base != "ignores-dimensions":
         dims = body["dimensions"]
+    if not 1 <= dims <= MAX_DIMENSIONS:
+        return _error(
+            hit, 400, f"'dimensions' must be 1 to {MAX_DIMENSIONS}", type_="invalid_request_error"
+        )
     if base == "wrong-count":
         texts = texts[:-1]
     base64_out = body.get("encoding_format") == "base64"

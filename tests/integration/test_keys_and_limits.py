@@ -129,6 +129,12 @@ def test_keys_guard_every_endpoint_and_nothing_private_is_stored(  # noqa: PLR09
         with run_gateway(cfg.read_text(), tmp_path, ready_timeout=30, env=env) as gw:
             # open: health; closed: everything else without a valid key
             assert request(f"{gw.url}/healthz")[0] == 200
+            assert request(f"{gw.url}/openapi.json")[0] == 200
+            with urllib.request.urlopen(f"{gw.url}/dashboard", timeout=10) as page:
+                assert page.status == 200  # the page holds no data; its calls need the admin key
+            assert request(f"{gw.url}/admin/dashboard/summary")[0] == 401
+            as_client = {"Authorization": f"Bearer {key}"}
+            assert request(f"{gw.url}/metrics", headers=as_client)[0] == 401  # not a client's
             status, _, body = request(f"{gw.v1}/models")
             assert status == 401 and body["error"]["type"] == "authentication_error"
             with pytest.raises(openai.AuthenticationError, match="Invalid API key"):

@@ -9,13 +9,17 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import orjson
+
 from hedge.errors import HedgeError, MethodNotAllowed, ModelNotFound, NotFound
 from hedge.gateway import Gateway
 from hedge.logs import log_request
 from hedge.metrics import CONTENT_TYPE, Metrics
-from hedge.server import anthropic_api, openai_api
+from hedge.recent import RecentRequests
+from hedge.server import anthropic_api, openai_api, openapi
 from hedge.server.admin_api import AdminApi
 from hedge.server.asgi import (
+    JSON_HEADERS,
     ClientGone,
     Message,
     Receive,
@@ -25,6 +29,7 @@ from hedge.server.asgi import (
     send_error,
     send_json,
 )
+from hedge.server.dashboard import Dashboard
 from hedge.server.embeddings_api import Embeddings
 from hedge.server.feedback_api import FeedbackApi
 
@@ -51,9 +56,13 @@ class HedgeApp:
         self._admin = AdminApi(gateway, admin_key)
         self._feedback = FeedbackApi(gateway.ledger)
         self._metrics = Metrics(gateway)
+        self._openapi = orjson.dumps(openapi.document(list(gateway.routes)))
         gateway.observers.append(self._metrics.observe)
         if gateway.config.server.request_log:
             gateway.observers.append(log_request)
+        self.recent = RecentRequests()
+        gateway.observers.append(self.recent.observe)
+        self._dashboard = Dashboard(gateway, self._admin, self.recent)
         self._wait = wait_for_models
         self._models_payload = {
             "object": "list",
@@ -127,6 +136,9 @@ class HedgeApp:
             await self._messages(scope, receive, send)
         elif path == "/v1/feedback":
             await self._feedback(scope, receive, send)
+        elif path == "/openapi.json":
+            _allow(method, "GET", path)
+            await send_bytes(send, 200, self._openapi, JSON_HEADERS)
         elif path == "/metrics":
             _allow(method, "GET", path)
             self._admin.authorize(scope)  # the admin key, or loopback without one
@@ -149,6 +161,10 @@ class HedgeApp:
         elif path == "/readyz":
             status, body = self.readiness()
             await send_json(send, status, body)
+        elif path == "/dashboard":
+            await self._dashboard.page(scope, send)
+        elif path.startswith("/admin/dashboard/"):
+            await self._dashboard(scope, receive, send, path)
         elif path.startswith("/admin/"):
             await self._admin(scope, receive, send, path)
         else:

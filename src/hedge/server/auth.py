@@ -62,7 +62,9 @@ log = logging.getLogger("hedge.auth")
 
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 SCOPE_KEY = "hedge.key"
-OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+# Open without a key: health, the API's description, and the dashboard's page (which holds no
+# data: it asks for the admin key and sends it with every call it makes).
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", "/dashboard"})
 METERED = frozenset({"/v1/chat/completions", "/v1/embeddings", "/v1/messages"})
 
 
