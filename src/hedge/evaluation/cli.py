@@ -131,7 +131,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--no-html", action="store_true", help="write no HTML report")
     run.add_argument("--json", action="store_true", help="print the figures as JSON")
     other = parser.add_argument_group("compare and recommend")
-    other.add_argument("--candidate", help="compare: the candidate to compare in both runs")
+    other.add_argument(
+        "--candidate", help="compare: the candidate to compare, in each run that has several"
+    )
     other.add_argument(
         "--fail-on-regression", action="store_true", help="compare: exit 1 on any regression"
     )
@@ -514,7 +516,11 @@ def _compare(args: argparse.Namespace, words: list[str], store: EvalStore) -> in
             f"'{after.suite}': only runs of one suite compare case by case."
         )
     if args.candidate:
-        a, b = before.candidate(args.candidate), after.candidate(args.candidate)
+        # A run of one candidate compares that one; a run of several, the one named.
+        a, b = (
+            r.candidate(args.candidate) or (r.candidates[0] if len(r.candidates) == 1 else None)
+            for r in (before, after)
+        )
         if a is None or b is None:
             missing = before if a is None else after
             raise UsageError(
@@ -527,8 +533,8 @@ def _compare(args: argparse.Namespace, words: list[str], store: EvalStore) -> in
         common = [c for c in before.candidates if after.candidate(c.label) is not None]
         if len(common) != 1:
             raise UsageError(
-                "the runs have several candidates; name the one to compare with --candidate "
-                f"(in both: {', '.join(c.label for c in common) or 'none'})."
+                "a run has several candidates; name the one to compare with --candidate "
+                f"(in both runs: {', '.join(c.label for c in common) or 'none'})."
             )
         a, b = common[0], after.candidate(common[0].label)
     assert a is not None and b is not None
@@ -554,6 +560,7 @@ def _recommend(args: argparse.Namespace, words: list[str], store: EvalStore) -> 
     command = "hedge eval recommend " + shlex.join(
         [run.run_id, "--min-accuracy", f"{args.min_accuracy:g}"]
         + (["--lower-bound"] if args.lower_bound else [])
+        + (["--route-name", args.route_name] if args.route_name else [])
     )
     text = snippet(rec, run, args.route_name or run.suite, command)
     print(text, end="")

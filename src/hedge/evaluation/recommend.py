@@ -210,7 +210,10 @@ def route_config(option: Option) -> dict[str, Any] | None:
     """The route's hedge.yaml settings, or None when the candidate's configuration is not
     known (a route of a remote gateway that the local hedge.yaml does not define)."""
     if option.second is None or option.gate is None:
-        return dict(option.first.route) if option.first.route is not None else None
+        if option.first.route is None:
+            return None
+        # The settings that change how it is served; the description was the old route's.
+        return {k: v for k, v in option.first.route.items() if k != "description"}
     assert option.first.route is not None and option.second.route is not None
     gate = option.gate.model_dump(mode="json", by_alias=True, exclude_defaults=True)
     route: dict[str, Any] = {
@@ -294,6 +297,7 @@ def snippet(
             "the local hedge.yaml, so no snippet can be written."
         )
         return "\n".join(lines) + "\n"
+    config["description"] = f"chosen by hedge eval recommend from run {run.run_id}"
     body = yaml.safe_dump(
         {"routes": {route_name: config}}, sort_keys=False, default_flow_style=None, width=100
     )

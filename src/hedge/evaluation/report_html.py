@@ -39,6 +39,7 @@ th, td { border-bottom: 1px solid #ddd; padding: 4px 9px; text-align: right;
          vertical-align: top; }
 th:first-child, td:first-child { text-align: left; }
 th { background: #f3f3f3; }
+#summary td, #summary th, #per-tag td, #per-tag th { white-space: nowrap; }
 td.pass { color: #176b2c; } td.fail { color: #a01818; } td.error { color: #8a5a00; }
 #cases td { text-align: left; max-width: 360px; }
 #cases code { white-space: pre-wrap; word-break: break-word; font-size: 12px; }
@@ -198,7 +199,9 @@ def render(view: RunView, results: Sequence[CaseResult]) -> str:
         '<p class="meta">accuracy: successes / cases (a failed request counts as a failure); '
         "95% CI: Wilson score interval; latency percentiles over answered cases; cost from "
         "each call's usage at its deployment's prices, unknown where hedge.yaml gives none.</p>",
-        "<h2>Cost against accuracy</h2>",
+        "<h2>Cost against accuracy</h2>"
+        if view.axis == "cost"
+        else "<h2>Latency against accuracy (cost unknown)</h2>",
         plot(view.rows, view.axis, view.frontier),
         f'<p class="meta">Pareto frontier: {escape(front)}. {escape(axis_note(view.axis))}.</p>',
         "<h2>Accuracy per tag</h2>",
