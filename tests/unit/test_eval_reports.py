@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from hedge.evaluation import report_html
-from hedge.evaluation.cli import build_view, view_json
+from hedge.evaluation.commands import build_view, view_json
 from hedge.evaluation.figures import paired
 from hedge.evaluation.report_text import Comparison, render_comparison, render_run
 from hedge.evaluation.store import (

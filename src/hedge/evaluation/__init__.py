@@ -6,9 +6,12 @@ scorers.py    score one answer against one case (reusing hedge.validators)
 stats.py      Wilson intervals, exact McNemar, percentiles (pure)
 figures.py    per-candidate and per-tag figures, paired comparisons (pure)
 store.py      eval_runs and eval_results in the ledger's database (SQLite or PostgreSQL)
-runner.py     cases through the gateway, in-process or over HTTP: concurrency, retries, resume
+targets.py    where requests go: the Gateway in this process, or a running hedge over HTTP
+runner.py     cases through a target: concurrency, retries, resume
 progress.py   the progress bar
 report_text.py, report_html.py   the figures for a terminal and as one self-contained HTML file
 recommend.py  the cheapest route per successful outcome that meets an accuracy floor
-cli.py        `hedge eval`
+cli.py        `hedge eval`'s command line (light: imported by every `hedge` command)
+commands.py   what each `hedge eval` form does
+suites/       the built-in suites (data)
 """
