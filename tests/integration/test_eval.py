@@ -66,8 +66,20 @@ deployments:
     base_url: {url}
     upstream_model: "slow-0.4#{key}"
     hosting: hosted
+  flaky-dep:
+    kind: openai_compat
+    base_url: {url}
+    upstream_model: "down-for-3#{key}"
+    hosting: hosted
+    breaker: {{failures: 1000}}
+  judge-dep:
+    kind: openai_compat
+    base_url: {url}
+    upstream_model: "say:Polite enough. SCORE: 8"
+    hosting: hosted
 routes:
   both: {{deployments: [echo-dep, seven-dep]}}
+  judge: {{deployments: [judge-dep]}}
 """
 
 # The echo deployment answers "echo: <prompt>", so its last number is the prompt's last one;
@@ -285,6 +297,64 @@ def test_killed_run_resumes_without_running_a_case_twice(
     assert "resuming run killme" in again.stderr
     assert sum(len(fake.hits_with(f"Item {i}:")) for i in range(8)) == total
     assert len(rows(db, "SELECT 1 FROM eval_results WHERE run_id = 'killme'")) == 8
+
+
+def test_failed_requests_are_stored_as_errors_and_retried_on_resume(
+    tmp_path: Path, setup: tuple[Path, Path]
+) -> None:
+    cfg, db = setup
+    suite = write_suite(tmp_path / "known.jsonl", [(p, e) for p, e, _, _ in KNOWN[:3]])
+    args = ["--config", str(cfg), "--no-html", "--json"]
+    down = hedge(
+        "eval", str(suite), "--deployments", "flaky-dep", "--run-id", "flaky", "--retries", "0",
+        *args,
+    )  # fmt: skip
+    assert down.returncode == 0, down.stderr
+    (row,) = json.loads(down.stdout)["candidates"]
+    assert (row["n"], row["errors"], row["successes"]) == (3, 3, 0)
+    errors = rows(db, "SELECT status, error, request_id FROM eval_results WHERE run_id = 'flaky'")
+    assert all(status == "error" and "502" in error and rid for status, error, rid in errors)
+    # Errors count as finished: a plain resume leaves them; --retry-errors sends them again,
+    # and the runner's own retries (with backoff) wait out the rest of the outage.
+    kept = hedge("eval", "--resume", "flaky", *args)
+    assert json.loads(kept.stdout)["candidates"][0]["errors"] == 3
+    healed = hedge("eval", "--resume", "flaky", "--retry-errors", "--retries", "6", *args)
+    assert healed.returncode == 0, healed.stderr
+    (row,) = json.loads(healed.stdout)["candidates"]
+    assert (row["n"], row["errors"], row["successes"]) == (3, 0, 3), rows(
+        db, "SELECT error FROM eval_results WHERE run_id = 'flaky'"
+    )
+
+
+def test_judge_scorer_grades_through_a_route(tmp_path: Path, setup: tuple[Path, Path]) -> None:
+    cfg, db = setup
+    suite = tmp_path / "judged.jsonl"
+    suite.write_text(
+        "---\nname: judged\n"
+        "scorers: [{kind: judge, route: judge, rubric: 'Is it polite?', threshold: 0.75}]\n---\n"
+        + "".join(
+            json.dumps({"id": f"j{i}", "prompt": f"Greet me {i}", "tags": [t]}) + "\n"
+            for i, t in enumerate(["formal", "casual", "formal"])
+        )
+    )
+    out = hedge(
+        "eval", str(suite), "--deployments", "seven-dep", "--tags", "formal", "--config",
+        str(cfg), "--no-html", "--json",
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["cases"] == 2  # --tags formal
+    graded = rows(
+        db, "SELECT case_id, passed, score, reason FROM eval_results WHERE run_id = ?",
+        report["run_id"],
+    )  # fmt: skip
+    assert sorted(r[0] for r in graded) == ["j0", "j2"]
+    for _, passed, score, reason in graded:
+        assert passed == 1
+        assert score == pytest.approx(0.8)
+        assert "the judge 'judge' scored 0.80 (threshold 0.75)" in reason
+    # The judge's calls went through the gateway too: its route is in the ledger.
+    assert rows(db, "SELECT COUNT(*) FROM requests WHERE route = 'judge'") == [(2,)]
 
 
 def test_bad_input_is_explained_not_a_traceback(tmp_path: Path, setup: tuple[Path, Path]) -> None:
