@@ -124,6 +124,12 @@ def _latency(r: CaseResult) -> float:
     return (r.latency_ms or 0.0) / 1000
 
 
+def _billed(r: CaseResult) -> float | None:
+    """What a call cost: unknown for an answer without prices; a failed call is billed only
+    when its usage was reported (as in the run's figures)."""
+    return r.cost_usd if r.status == "ok" else r.cost_usd or 0.0
+
+
 def _sum_cost(costs: Sequence[float | None]) -> float | None:
     return None if any(c is None for c in costs) else math.fsum(c or 0.0 for c in costs)
 
@@ -145,40 +151,48 @@ def options(run: RunInfo, suite: Suite, results: Sequence[CaseResult]) -> tuple[
                 None,
                 len(rows),
                 sum(r.passed for r in rows),
-                _sum_cost([r.cost_usd if r.status == "ok" else r.cost_usd or 0.0 for r in rows]),
+                _sum_cost([_billed(r) for r in rows]),
                 math.fsum(_latency(r) for r in rows),
             )
         )
     plain = [c for c in run.candidates if _plain(c)]
-    for gate in suite.header.gates:
-        for a in plain:
-            for b in plain:
-                if a is b:
-                    continue
-                successes = escalated = 0
-                costs: list[float | None] = []
-                latency = 0.0
-                for case_id in cases:
-                    ra, rb = got[(a.name, case_id)], got[(b.name, case_id)]
-                    request = suite.request(suite.case(case_id), a.name)
-                    cost_a = ra.cost_usd if ra.status == "ok" else ra.cost_usd or 0.0
-                    if gate_accepts(gate, request, ra.output if ra.status == "ok" else None):
-                        successes += ra.passed
-                        costs.append(cost_a)
-                        latency += _latency(ra)
-                    else:
-                        escalated += 1
-                        successes += rb.passed
-                        cost_b = rb.cost_usd if rb.status == "ok" else rb.cost_usd or 0.0
-                        costs.append(None if cost_a is None or cost_b is None else cost_a + cost_b)
-                        latency += _latency(ra) + _latency(rb)
-                out.append(
-                    Option(
-                        "cascade", a, b, gate, len(cases), successes, _sum_cost(costs), latency,
-                        escalated,
-                    )
-                )  # fmt: skip
+    out += [
+        _cascade(a, b, gate, suite, cases, got)
+        for gate in suite.header.gates
+        for a in plain
+        for b in plain
+        if a is not b
+    ]
     return out, len(cases)
+
+
+def _cascade(
+    a: Candidate,
+    b: Candidate,
+    gate: validators.Validator,
+    suite: Suite,
+    cases: Sequence[str],
+    got: dict[tuple[str, str], CaseResult],
+) -> Option:
+    """ "A, gated; else B" on each case, from both candidates' stored answers."""
+    successes = escalated = 0
+    costs: list[float | None] = []
+    latency = 0.0
+    for case_id in cases:
+        ra, rb = got[(a.name, case_id)], got[(b.name, case_id)]
+        request = suite.request(suite.case(case_id), a.name)
+        if gate_accepts(gate, request, ra.output if ra.status == "ok" else None):
+            successes += ra.passed
+            costs.append(_billed(ra))
+            latency += _latency(ra)
+        else:
+            escalated += 1
+            successes += rb.passed
+            costs.append(_sum_cost([_billed(ra), _billed(rb)]))
+            latency += _latency(ra) + _latency(rb)
+    return Option(
+        "cascade", a, b, gate, len(cases), successes, _sum_cost(costs), latency, escalated
+    )
 
 
 def recommend(
