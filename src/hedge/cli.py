@@ -201,6 +201,7 @@ def _serve(args: argparse.Namespace) -> int:
         return workers.supervise(child, host, port, args.workers, GRACEFUL_STOP_S)
     from hedge import logs
     from hedge.server.auth import guard
+    from hedge.server.protocol import protocol_options
 
     logs.configure(server.log_level, server.log_format)
     app = guard(  # API keys and their limits, in front of everything
@@ -214,7 +215,8 @@ def _serve(args: argparse.Namespace) -> int:
     )
     options: dict[str, Any] = {
         "loop": "uvloop" if sys.platform != "win32" else "asyncio",
-        "http": "httptools",
+        # httptools, with head size and time limits (hedge.server.protocol)
+        **protocol_options(server),
         "lifespan": "on",
         "access_log": False,
         "log_level": server.log_level,

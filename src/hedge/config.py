@@ -288,6 +288,13 @@ class ServerSettings(_Strict):
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8080
     max_body_bytes: Annotated[int, Field(ge=1024)] = 4 * 1024 * 1024
+    max_header_bytes: Annotated[int, Field(ge=1024)] = Field(
+        default=32 * 1024, description="request line and headers together; past it, 431"
+    )
+    max_headers: Annotated[int, Field(ge=8)] = 100
+    header_timeout_s: Annotated[float, Field(gt=0, le=300)] = Field(
+        default=10.0, description="time for a request head to arrive; past it, 408 and close"
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "text"] = Field(
         default="json", description="stderr lines as JSON objects (for log shippers) or text"
