@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import openai
 import psycopg
 import pytest
 
@@ -20,6 +22,8 @@ from hedge.ledger import BatchingLedger, LedgerError, open_ledger
 from hedge.store import SCHEMA_VERSION
 from hedge.store.postgres import PostgresStore, describe_dsn
 from tests import pg
+from tests.conftest import run_gateway
+from tests.fakes.openai_fake import fake_openai
 from tests.unit.test_ledger_sqlite import (
     BY_ROUTE,
     MakeStore,
@@ -139,3 +143,33 @@ def test_the_ledger_rides_out_a_dropped_connection(dsn: str) -> None:
     asyncio.run(main())
     with psycopg.connect(dsn) as conn:
         assert conn.execute("SELECT COUNT(*) FROM requests").fetchone() == (5,)
+
+
+def test_two_gateway_replicas_write_one_postgres_ledger(dsn: str, tmp_path: Path) -> None:
+    """Two `hedge serve` processes with the ledger in one PostgreSQL database: every request
+    of both is there, once."""
+    with fake_openai() as fake:
+        cfg = (
+            "ledger: {backend: postgres, flush_interval_s: 0.1}\n"
+            "deployments:\n"
+            f"  up: {{kind: openai_compat, base_url: '{fake.url}', upstream_model: echo,"
+            " hosting: hosted, prices: {input: 1.0, output: 2.0}}\n"
+            "routes:\n  chat: {deployments: [up], accept_single_point_of_failure: true}\n"
+        )
+        env = {"HEDGE_LEDGER_URL": dsn}
+        ids: list[str] = []
+        for name in ("a", "b"):
+            (tmp_path / name).mkdir()
+        with (
+            run_gateway(cfg, tmp_path / "a", env=env) as a,
+            run_gateway(cfg, tmp_path / "b", env=env) as b,
+        ):
+            for gw in (a, b, a, b, b):
+                api = openai.OpenAI(base_url=gw.v1, api_key="x", max_retries=0)
+                raw = api.chat.completions.with_raw_response.create(
+                    model="chat", messages=[{"role": "user", "content": "hello"}]
+                )
+                ids.append(raw.headers["x-request-id"])
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute("SELECT request_id, route, status FROM requests").fetchall()
+    assert sorted(rows) == sorted((rid, "chat", 200) for rid in ids)
