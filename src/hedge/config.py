@@ -302,6 +302,11 @@ class ServerSettings(_Strict):
     request_log: bool = Field(
         default=True, description="one log line per finished request (metadata only)"
     )
+    tracing: Literal["off", "otlp", "console"] = Field(
+        default="off",
+        description="OpenTelemetry spans per request and attempt (needs hedge[otel]); otlp "
+        "reads the standard OTEL_EXPORTER_OTLP_* variables",
+    )
     data_dir: str = Field(
         default="~/.cache/hedge",
         description="where hedge keeps assembled model files",

@@ -24,6 +24,7 @@ class Attempt:
     seconds: float = 0.0
     error: str | None = None
     usage: Usage | None = None
+    started: float = field(default_factory=time.perf_counter)  # for tracing spans
 
 
 class BudgetExhausted(HedgeError):

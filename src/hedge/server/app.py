@@ -7,6 +7,7 @@ anything else is logged with its traceback and answered with a plain 500 that ca
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -32,6 +33,7 @@ from hedge.server.asgi import (
 from hedge.server.dashboard import Dashboard
 from hedge.server.embeddings_api import Embeddings
 from hedge.server.feedback_api import FeedbackApi
+from hedge.telemetry import tracing_observer
 
 log = logging.getLogger("hedge.server")
 
@@ -60,6 +62,10 @@ class HedgeApp:
         gateway.observers.append(self._metrics.observe)
         if gateway.config.server.request_log:
             gateway.observers.append(log_request)
+        self._flush_spans: Callable[[], None] | None = None
+        if (tracing := tracing_observer(gateway.config.server.tracing)) is not None:
+            gateway.observers.append(tracing[0])
+            self._flush_spans = tracing[1]
         self.recent = RecentRequests()
         gateway.observers.append(self.recent.observe)
         self._dashboard = Dashboard(gateway, self._admin, self.recent)
@@ -89,6 +95,8 @@ class HedgeApp:
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.gateway.aclose()
+                if self._flush_spans is not None:
+                    self._flush_spans()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
