@@ -163,3 +163,16 @@ def test_new_connections_are_refused_once_stopping(tmp_path: Path) -> None:
             gateway.proc.wait(timeout=30)
     assert refused.is_set(), "a stopping gateway takes no new connection"
     assert b"data: [DONE]" in rest
+
+
+def test_a_body_arriving_with_its_head_is_not_taken_for_a_large_head(gw: Gateway) -> None:
+    """One write of head + a 500 KB body: the reads that carry it hold far more than the head
+    bound (8 KiB here), but only the head counts."""
+    text = "word " * 100_000
+    body = json.dumps({"model": "chat", "messages": [{"role": "user", "content": text}]})
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    )
+    answer = raw(gw, head.encode() + body.encode(), timeout=30)
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:300]

@@ -23,10 +23,6 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from hedge.config import ServerSettings
 
-# Bytes of a body that may arrive in the same reads as the head it follows, before the head is
-# known to be complete, on top of the head bound.
-_SLACK = 64 * 1024
-
 
 def _response(status: bytes, code: str, message: str) -> bytes:
     body = orjson.dumps(
@@ -86,12 +82,13 @@ def guarded_protocol(
             super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:
-            if self._in_head:
-                self._raw += len(data)
-                if self._raw > max_header_bytes + _SLACK:
-                    self._refuse(too_large)
-                    return
             super().data_received(data)
+            # Still reading a head after this read: all of it was head (a body only follows a
+            # complete head), so an endless header is cut off as it arrives.
+            if self._in_head and not self.transport.is_closing():
+                self._raw += len(data)
+                if self._raw > max_header_bytes:
+                    self._refuse(too_large)
 
         def send_400_response(self, msg: str) -> None:
             # uvicorn answers any parser error 400, including the one `_count` raises.
