@@ -469,11 +469,15 @@ def parse(text: str, source: str, environ: dict[str, str] | None = None) -> Sett
         raise ConfigError(_describe(e, source, node)) from None
     problems = _dangling_references(cfg)
     if problems:
-        raise ConfigError(_join(source, [(path, msg, _line(node, path)) for path, msg in problems]))
+        raise ConfigError(
+            _join(source, [(path, msg, yaml_line(node, path)) for path, msg in problems])
+        )
     catalog = load_catalog(cfg.models, user_file=source)
     problems = _catalog_references(cfg, catalog)
     if problems:
-        raise ConfigError(_join(source, [(path, msg, _line(node, path)) for path, msg in problems]))
+        raise ConfigError(
+            _join(source, [(path, msg, yaml_line(node, path)) for path, msg in problems])
+        )
     secrets, warnings = _resolve_secrets(cfg, env)
     dsn = env.get(cfg.ledger.url_env) if cfg.ledger.backend == "postgres" else None
     if cfg.ledger.backend == "postgres" and not dsn:
@@ -709,14 +713,14 @@ def _describe(err: ValidationError, source: str, node: yaml.Node | None) -> str:
         msg = str(e["msg"]).removeprefix("Value error, ")
         if e["type"] == "missing" and loc and loc[-1] in _FIELD_HINTS:
             msg = f"Field required. Fix: {_FIELD_HINTS[str(loc[-1])]}"
-            items.append((loc, msg + ".", _line(node, loc)))
+            items.append((loc, msg + ".", yaml_line(node, loc)))
             continue
         if e["type"] == "extra_forbidden":
             msg = f"unknown key '{loc[-1]}'"
         elif e["type"] in ("int_type", "float_type", "string_type", "bool_type"):
             msg = f"{msg}, got {type(e['input']).__name__} {e['input']!r}"
         hint = _HINTS.get(e["type"])
-        items.append((loc, msg + (f". Fix: {hint}." if hint else "."), _line(node, loc)))
+        items.append((loc, msg + (f". Fix: {hint}." if hint else "."), yaml_line(node, loc)))
     return _join(source, items)
 
 
@@ -743,13 +747,17 @@ def format_path(loc: tuple[str | int, ...]) -> str:
     return out or "<top level>"
 
 
-def _line(node: yaml.Node | None, loc: tuple[str | int, ...]) -> int | None:
-    """The 1-based line of the deepest YAML node along loc, to point a person at the spot."""
+def yaml_line(
+    node: yaml.Node | None, loc: tuple[str | int, ...], first_line: int = 1
+) -> int | None:
+    """The line of the deepest YAML node along loc, to point a person at the spot.
+    `first_line`: the file's line number of the document's first line (a YAML header that
+    follows a '---' line starts on the file's second)."""
     found = None
     for part in loc:
         if node is None:
             break
-        found = node.start_mark.line + 1
+        found = node.start_mark.line + first_line
         if isinstance(node, yaml.MappingNode):
             node = next((v for k, v in node.value if k.value == part), None)
             if node is None:
@@ -760,5 +768,5 @@ def _line(node: yaml.Node | None, loc: tuple[str | int, ...]) -> int | None:
         else:
             break
     if node is not None:
-        found = node.start_mark.line + 1
+        found = node.start_mark.line + first_line
     return found

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -223,35 +224,10 @@ class Runner:
                 tags=tuple(case.tags),
                 ts=self.clock(),
             )
-        try:
-            score = await score_case(
-                self.suite.header.scorers, case, request, answer.text, self.ask
-            )
-        except Exception as e:  # a scorer's own failure must not end the whole run
-            return CaseResult(
-                candidate=candidate.name,
-                case_id=case.id,
-                passed=False,
-                reason="the answer could not be scored",
-                status="error",
-                output=answer.text,
-                error=f"scoring failed: {type(e).__name__}: {e}",
-                request_id=answer.request_id,
-                deployment=answer.deployment,
-                latency_ms=answer.latency_ms,
-                prompt_tokens=answer.prompt_tokens,
-                completion_tokens=answer.completion_tokens,
-                cost_usd=answer.cost_usd,
-                attempts=answer.attempts,
-                tags=tuple(case.tags),
-                ts=self.clock(),
-            )
-        return CaseResult(
+        answered = functools.partial(
+            CaseResult,
             candidate=candidate.name,
             case_id=case.id,
-            passed=score.passed,
-            reason=score.reason,
-            score=score.score,
             output=answer.text,
             request_id=answer.request_id,
             deployment=answer.deployment,
@@ -263,6 +239,18 @@ class Runner:
             tags=tuple(case.tags),
             ts=self.clock(),
         )
+        try:
+            score = await score_case(
+                self.suite.header.scorers, case, request, answer.text, self.ask
+            )
+        except Exception as e:  # a scorer's own failure must not end the whole run
+            return answered(
+                passed=False,
+                reason="the answer could not be scored",
+                status="error",
+                error=f"scoring failed: {type(e).__name__}: {e}",
+            )
+        return answered(passed=score.passed, reason=score.reason, score=score.score)
 
     async def call(self, request: ChatRequest) -> Answer:
         """The target's answer, retrying retryable failures up to `retries` more times."""

@@ -38,7 +38,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from hedge import validators
-from hedge.config import format_path
+from hedge.config import format_path, yaml_line
 from hedge.evaluation.scorers import ScorerSpec, expectation_problem
 from hedge.types import ChatRequest
 
@@ -228,7 +228,7 @@ def _header(lines: list[str], problems: list[Problem]) -> tuple[Header | None, i
     except ValidationError as e:
         for err in e.errors(include_url=False):
             loc = tuple(p for p in err["loc"] if not _is_tag(p))
-            where = _yaml_line(node, loc)
+            where = yaml_line(node, loc, first_line=2)
             msg = str(err["msg"]).removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
                 msg = f"unknown key '{loc[-1]}'. Fix: remove it or check its spelling"
@@ -237,7 +237,7 @@ def _header(lines: list[str], problems: list[Problem]) -> tuple[Header | None, i
     if not _NAME.match(header.name):
         problems.append(
             (
-                _yaml_line(node, ("name",)),
+                yaml_line(node, ("name",), first_line=2),
                 "name",
                 "use lowercase letters, digits, '.', '_' and '-' (at most 64 characters)",
             )
@@ -246,7 +246,7 @@ def _header(lines: list[str], problems: list[Problem]) -> tuple[Header | None, i
         if gate.kind not in GATE_KINDS:
             problems.append(
                 (
-                    _yaml_line(node, ("gates", i)),
+                    yaml_line(node, ("gates", i), first_line=2),
                     f"gates[{i}].kind",
                     f"a gate of kind '{gate.kind}' cannot be computed from stored answers. "
                     f"Fix: use {', '.join(GATE_KINDS)}",
@@ -319,27 +319,6 @@ _TAGS = frozenset(
         "agreement",
     }
 )
-
-
-def _yaml_line(node: yaml.Node | None, loc: tuple[str | int, ...]) -> int | None:
-    """The file's line (1-based) of the header node deepest along `loc`: the header's YAML
-    starts on the file's second line, after the opening '---'."""
-    found: int | None = None
-    for part in loc:
-        if node is None:
-            break
-        found = node.start_mark.line + 2
-        if isinstance(node, yaml.MappingNode):
-            node = next((v for k, v in node.value if k.value == part), None)
-            if node is None:
-                return found
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
-            node = node.value[part] if part < len(node.value) else None
-        else:
-            break
-    if node is not None:
-        found = node.start_mark.line + 2
-    return found
 
 
 def _describe(source: str, problems: list[Problem]) -> str:
