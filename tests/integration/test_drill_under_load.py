@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import time
 import urllib.error
@@ -301,21 +300,13 @@ def test_the_admin_api_wants_the_key_when_one_is_configured(
         assert readyz(gw)["deployments"]["primary"]["state"] == "revoked"
 
 
-def _non_loopback_address() -> str | None:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        try:
-            s.connect(("10.255.255.255", 1))  # UDP: picks a route, sends nothing
-            address = str(s.getsockname()[0])
-        except OSError:
-            return None
-    return None if address.startswith("127.") or address == "0.0.0.0" else address
-
-
 def test_without_a_key_the_admin_api_answers_loopback_only(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
+    """Without API keys the gateway binds loopback only (it refuses 0.0.0.0: see
+    test_keys_and_limits), and its admin API answers only calls that are really local."""
     tmp = tmp_path_factory.mktemp("drill-loopback")
-    cfg = config("http://127.0.0.1:9/v1", {"host": "0.0.0.0"})
+    cfg = config("http://127.0.0.1:9/v1")
     with run_gateway(cfg, tmp) as gw:
         listing = f"{gw.url}/admin/deployments"
         revoke = f"{gw.url}/admin/deployments/primary/revoke"
@@ -327,22 +318,6 @@ def test_without_a_key_the_admin_api_answers_loopback_only(
         status, payload = request(revoke, "POST", forwarded)
         assert status in (401, 403), (status, payload)
         assert readyz(gw)["deployments"]["primary"]["state"] == "ready"
-
-        address = _non_loopback_address()
-        if address is not None:
-            # The gateway itself answers on a non-loopback address...
-            remote = f"http://{address}:{gw.url.rsplit(':', 1)[1]}"
-            status, _ = request(f"{remote}/healthz")
-            assert status == 200
-            # ...but not its admin API, key or no key.
-            for headers in ({}, {"Authorization": "Bearer anything"}):
-                status, payload = request(f"{remote}/admin/deployments", "GET", headers)
-                assert status in (401, 403), (status, payload)
-                status, payload = request(
-                    f"{remote}/admin/deployments/primary/revoke", "POST", headers
-                )
-                assert status in (401, 403), (status, payload)
-            assert readyz(gw)["deployments"]["primary"]["state"] == "ready"
 
         status, payload = request(listing)  # a plain loopback call is let in
         assert status == 200, payload
