@@ -41,6 +41,7 @@ _MAX_ERROR_BODY = 64 * 1024
 # up; also the longest SSE line accepted.
 _READ_LIMIT = 1024 * 1024
 _READ_BLOCK = 64 * 1024
+
 _MAX_IDLE_PER_UPSTREAM = 512
 _IDLE_S = 60.0  # an idle pooled connection older than this is closed rather than reused
 
@@ -65,27 +66,44 @@ class Response(Protocol):
 
 
 class UpstreamResponse:
-    """A response whose head has arrived; the body is read from `content` (or `read()`).
-    `release()` returns the connection to the pool once the body is complete, else closes
-    it; it must be called once the caller is done."""
+    """A response whose head has arrived; the body is read from `content` (or `read()`), or
+    is already whole in `body` (a request sent with `whole=True`). `release()` returns the
+    connection to the pool once the body is complete, else closes it; it must be called once
+    the caller is done."""
 
-    __slots__ = ("_conn", "content", "headers", "status")
+    __slots__ = ("_conn", "body", "content", "headers", "status")
 
     def __init__(
-        self, conn: _Connection, status: int, headers: dict[str, str], content: asyncio.StreamReader
+        self,
+        conn: _Connection,
+        status: int,
+        headers: dict[str, str],
+        content: asyncio.StreamReader | _Whole,
+        body: bytes | None = None,
     ) -> None:
         self._conn = conn
         self.status = status
         self.headers = headers  # lower-case names
         self.content = content
+        self.body = body
 
     async def read(self) -> bytes:
-        return await self.content.read()
+        return self.body if self.body is not None else await self.content.read()
 
     def release(self) -> None:
         conn, self._conn = self._conn, None  # type: ignore[assignment]
         if conn is not None:
             conn.finish()
+
+
+class _Whole:
+    """The `content` of a response whose body came whole (in `body`): nothing to read."""
+
+    async def read(self, n: int = -1) -> bytes:
+        return b""
+
+
+_WHOLE = _Whole()
 
 
 class _Connection(asyncio.Protocol):
@@ -102,6 +120,8 @@ class _Connection(asyncio.Protocol):
         self._head: asyncio.Future[UpstreamResponse] | None = None
         self._headers: dict[str, str] = {}
         self._body: asyncio.StreamReader | None = None
+        self._whole: list[bytes] | None = None  # the body's parts, when it is awaited whole
+        self.head_seen = False
         self._complete = False
         self._keep_alive = False
         self._until_close = False  # body delimited by the end of the connection
@@ -129,13 +149,11 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         if self._parser is not None and not self._complete:
-            if self._body is not None and self._until_close and exc is None:
-                self._flush_decoder()
-                self._complete = True
-                self._body.feed_eof()
+            if self.head_seen and self._until_close and exc is None:
+                self.on_message_complete()
             else:
                 why = f": {exc}" if exc else ""
-                stage = "before answering" if self._body is None else "mid-response"
+                stage = "mid-response" if self.head_seen else "before answering"
                 self._fail(BrokenResponse(f"the upstream closed the connection {stage}{why}"))
 
     # -- httptools callbacks --
@@ -146,22 +164,25 @@ class _Connection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         parser = self._parser
         assert parser is not None
-        body = asyncio.StreamReader(limit=_READ_LIMIT, loop=self._loop)
-        assert self.transport is not None
-        body.set_transport(self.transport)
-        self._body = body
+        self.head_seen = True
+        self._status = parser.get_status_code()
         headers = self._headers
         chunked = "chunked" in headers.get("transfer-encoding", "").lower()
         self._until_close = "content-length" not in headers and not chunked
         encoding = headers.get("content-encoding", "").strip().lower()
         if encoding in ("gzip", "x-gzip", "deflate"):
             self._decoder = zlib.decompressobj(wbits=47)  # gzip or zlib, detected
+        if self._whole is not None:
+            return  # the head future waits for the whole body
+        body = asyncio.StreamReader(limit=_READ_LIMIT, loop=self._loop)
+        assert self.transport is not None
+        body.set_transport(self.transport)
+        self._body = body
         head = self._head
         if head is not None and not head.done():
-            head.set_result(UpstreamResponse(self, parser.get_status_code(), headers, body))
+            head.set_result(UpstreamResponse(self, self._status, headers, body))
 
     def on_body(self, data: bytes) -> None:
-        assert self._body is not None
         if self._decoder is not None:
             try:
                 data = self._decoder.decompress(data)
@@ -169,25 +190,39 @@ class _Connection(asyncio.Protocol):
                 self._fail(BrokenResponse(f"the response body does not decompress ({e})"))
                 self.close()
                 return
-        if data:
+        if not data:
+            return
+        if self._whole is not None:
+            self._whole.append(data)
+        elif self._body is not None:
             self._body.feed_data(data)
 
     def on_message_complete(self) -> None:
         self._flush_decoder()
         assert self._parser is not None
-        # Asked here: llhttp answers for the message it is completing, not after it.
-        self._keep_alive = self._parser.should_keep_alive()
+        # Asked here: llhttp answers for the message it is completing, not after it. (When
+        # the body ended with the connection, there is nothing to keep alive.)
+        self._keep_alive = not self.closed and self._parser.should_keep_alive()
         self._complete = True
         if self._body is not None:
             self._body.feed_eof()
+        elif self._whole is not None:
+            head = self._head
+            if head is not None and not head.done():
+                body = b"".join(self._whole)
+                head.set_result(UpstreamResponse(self, self._status, self._headers, _WHOLE, body))
 
     # -- used by the pool --
 
-    def send(self, data: bytes) -> asyncio.Future[UpstreamResponse]:
+    def send(self, data: bytes, whole: bool = False) -> asyncio.Future[UpstreamResponse]:
+        """Write a request; the future gets the response's head (or, when `whole`, the
+        response with its whole body in `body`)."""
         assert self.transport is not None
         self._parser = httptools.HttpResponseParser(self)
         self._headers = {}
         self._body = None
+        self._whole = [] if whole else None
+        self.head_seen = False
         self._complete = False
         self._keep_alive = False
         self._decoder = None
@@ -201,6 +236,7 @@ class _Connection(asyncio.Protocol):
         self._parser = None
         self._head = None
         self._body = None
+        self._whole = None
         if reusable:
             assert self.transport is not None
             self.transport.resume_reading()  # a large body may have paused it
@@ -214,16 +250,17 @@ class _Connection(asyncio.Protocol):
             self.transport.close()
 
     def _flush_decoder(self) -> None:
-        if self._decoder is not None and self._body is not None:
+        if self._decoder is not None:
             rest = self._decoder.flush()
-            if rest:
-                self._body.feed_data(rest)
             self._decoder = None
+            if rest:
+                self.on_body(rest)
 
     def _fail(self, error: Exception) -> None:
         head = self._head
         if head is not None and not head.done():
             head.set_exception(error)
+            head.exception()  # retrieved: a caller that has gone (timed out) raised already
         elif self._body is not None and not self._complete:
             self._body.set_exception(error)
         self._complete = False
@@ -283,6 +320,34 @@ class HttpPool:
             return await conn.send(data)
         except BaseException:
             conn.close()  # a cancelled or failed exchange leaves the connection unusable
+            raise
+
+    async def request_whole(
+        self, key: tuple[str, str, int], data: bytes, connect_s: float, total_s: float
+    ) -> tuple[UpstreamResponse | None, bool, OSError | None]:
+        """Send one prepared request and wait, at most `total_s` from now (connecting
+        included), for its whole response. One deadline and one timer for all of it.
+        Returns (response, True, None), or on failure (None, whether the response's head had
+        arrived, the error), the error being None when the time ran out."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + total_s
+        try:
+            conn = await self._connect(key, min(connect_s, total_s))
+        except TimeoutError:
+            return None, False, None
+        except OSError as e:
+            return None, False, e
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await conn.send(data, whole=True), True, None
+        except TimeoutError:
+            conn.close()
+            return None, conn.head_seen, None
+        except OSError as e:
+            conn.close()
+            return None, conn.head_seen, e
+        except BaseException:
+            conn.close()
             raise
 
     async def aclose(self) -> None:
@@ -358,24 +423,6 @@ async def post_json(
             resp.release()
         raise upstream_failure(deployment, resp.status, raw, resp.headers.get("retry-after"))
     return resp
-
-
-async def read_response(resp: UpstreamResponse, deployment: str, seconds: float) -> bytes:
-    """The whole body of a response whose head has arrived, within `seconds`. A server can send
-    its head at once and then stall: the deadline covers the body too. Releases `resp`."""
-    try:
-        async with asyncio.timeout(max(seconds, 0.0)):
-            return await resp.read()
-    except TimeoutError:
-        raise UpstreamTimeout(
-            f"deployment '{deployment}' did not finish its response before its total timeout"
-        ) from None
-    except OSError as e:
-        raise UpstreamError(
-            f"deployment '{deployment}' broke off its response: {_describe(e)}", retryable=True
-        ) from None
-    finally:
-        resp.release()
 
 
 def upstream_failure(
@@ -545,12 +592,34 @@ class JsonEndpoint:
     async def answer(self, body: Mapping[str, Any]) -> Any:
         """POST and return the decoded JSON answer; `total` bounds head and body together."""
         t = self.timeouts
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        resp = await post_json(
-            self.pool, self.deployment, self.upstream, body, t, head_deadline=t.total
+        name = self.deployment
+        data = self.upstream.request_bytes(orjson.dumps(body))
+        resp, head_seen, error = await self.pool.request_whole(
+            self.upstream.key, data, t.connect, t.total
         )
-        raw = await read_response(resp, self.deployment, t.total - (loop.time() - started))
+        if resp is None:
+            if error is not None and head_seen:
+                raise UpstreamError(
+                    f"deployment '{name}' broke off its response: {_describe(error)}",
+                    retryable=True,
+                )
+            if error is not None:
+                raise UpstreamError(
+                    f"deployment '{name}' could not be reached: {_describe(error)}",
+                    retryable=True,
+                )
+            if head_seen:  # a server can send its head at once and then stall
+                raise UpstreamTimeout(
+                    f"deployment '{name}' did not finish its response before its total timeout"
+                )
+            raise UpstreamTimeout(f"deployment '{name}' sent no response within {t.total:g}s")
+        try:
+            raw = resp.body or b""
+            if resp.status >= 400:
+                retry_after = resp.headers.get("retry-after")
+                raise upstream_failure(name, resp.status, raw[:_MAX_ERROR_BODY], retry_after)
+        finally:
+            resp.release()
         try:
             return orjson.loads(raw)
         except orjson.JSONDecodeError:
