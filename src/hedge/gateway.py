@@ -200,6 +200,12 @@ class Gateway:
         when it failed with one."""
         record = request_record(trace, self.prices, status)
         self.ledger.record(record)
+        if self.observers:
+            # On the loop's next turn: the handler sends its answer first, so metrics, logs
+            # and spans never delay it.
+            asyncio.get_running_loop().call_soon(self._observe, record, trace, error)
+
+    def _observe(self, record: RequestRecord, trace: Trace, error: str | None) -> None:
         for observe in self.observers:
             try:
                 observe(record, trace, error)

@@ -40,6 +40,7 @@ BREAKER_VALUES = {"closed": 0.0, "half_open": 1.0, "open": 2.0, "revoked": 3.0}
 class Metrics:
     def __init__(self, gateway: Gateway) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._routes = frozenset(gateway.routes)
         multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
         # In multiprocess mode samples go to files; the registry used for scrapes reads them.
         where = None if multiprocess else self.registry
@@ -102,7 +103,9 @@ class Metrics:
         self.registry.register(_Live(gateway, self))
 
     def observe(self, record: RequestRecord, trace: Trace, error: str | None) -> None:
-        route = record.route
+        # A client can name any model: only configured routes become label values, so the
+        # series stay bounded.
+        route = record.route if record.route in self._routes else "_unknown"
         self.requests.labels(route, record.answered_by or "", str(record.status)).inc()
         if record.status >= 400:
             self.errors.labels(route, error or f"http_{record.status}").inc()

@@ -46,6 +46,7 @@ class RedisSharedState:
         self._interval = settings.sync_interval_s
         self._breakers: dict[str, Breaker] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._writing = asyncio.Lock()
         self._poller: asyncio.Task[None] | None = None
         self._last_warning = 0.0
         self.process = os.urandom(6).hex()
@@ -75,19 +76,24 @@ class RedisSharedState:
 
     async def _write(self, breaker: Breaker, event: BreakerEvent) -> None:
         name = breaker.name
-        try:
-            if event == "opened":
-                value = {"at": time.time(), "failures": breaker.failures, "by": self.process}
-                await self._client.hset(self._open_key, name, orjson.dumps(value))
-            elif event == "closed":
-                await self._client.hdel(self._open_key, name)
-            elif event == "revoked":
-                await self._client.hset(self._revoked_key, name, breaker.revoked or "revoked")
-            else:  # restored
-                await self._client.hdel(self._revoked_key, name)
-                await self._client.hdel(self._open_key, name)
-        except Exception as e:  # redis errors, timeouts: sharing is best-effort
-            self._warn(f"could not share {name}'s breaker {event}: {e}")
+        # One write at a time, in the order they were asked for: a revoke then a restore
+        # must not reach Redis the other way round.
+        async with self._writing:
+            try:
+                if event == "opened":
+                    value = {"at": time.time(), "failures": breaker.failures, "by": self.process}
+                    await self._client.hset(self._open_key, name, orjson.dumps(value))
+                elif event == "closed":
+                    await self._client.hdel(self._open_key, name)
+                elif event == "revoked":
+                    await self._client.hset(self._revoked_key, name, breaker.revoked or "revoked")
+                    # Shared now: a restore made by any process ends it here too.
+                    breaker.revocation_shared()
+                else:  # restored
+                    await self._client.hdel(self._revoked_key, name)
+                    await self._client.hdel(self._open_key, name)
+            except Exception as e:  # redis errors, timeouts: sharing is best-effort
+                self._warn(f"could not share {name}'s breaker {event}: {e}")
 
     # ---- Redis -> local state --------------------------------------------------------------
 
@@ -110,8 +116,7 @@ class RedisSharedState:
                 breaker.adopt_revocation(reason.decode(errors="replace"))
             else:
                 breaker.drop_peer_revocation()
-            raw = opened.get(name.encode())
-            peer = _opening(raw)
+            peer = _opening(opened.get(name.encode()), self.process)
             if peer is None:
                 breaker.drop_peer_opening()
             else:
@@ -125,12 +130,15 @@ class RedisSharedState:
             log.warning("%s", message)
 
 
-def _opening(raw: bytes | None) -> tuple[float, int] | None:
-    """A peer's opening as (wall time, failures); None when absent or unreadable."""
+def _opening(raw: bytes | None, process: str) -> tuple[float, int] | None:
+    """Another process's opening as (wall time, failures); None when absent, unreadable or
+    this process's own (already in force here)."""
     if raw is None:
         return None
     try:
         value = orjson.loads(raw)
+        if value.get("by") == process:
+            return None
         return float(value["at"]), int(value["failures"])
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
         return None

@@ -312,3 +312,24 @@ def test_one_rate_limit_shared_by_two_gateways_through_redis(tmp_path: Path) -> 
                     results.append("limited")
             assert results.count("ok") == 3 and results[:3] == ["ok"] * 3
             assert len(fake.hits) == 3
+
+
+def test_revoking_the_last_key_shuts_the_door_and_ceilings_bind_null_max_tokens(
+    tmp_path: Path,
+) -> None:
+    with fake_openai() as fake:
+        cfg = tmp_path / "hedge.yaml"
+        cfg.write_text(config(tmp_path, fake.url))
+        key = hedge_keys(cfg, "create", "--name", "only", "--max-tokens", "7")
+        env = {"HEDGE_TEST_ADMIN": ADMIN}
+        with run_gateway(cfg.read_text(), tmp_path, ready_timeout=30, env=env) as gw:
+            # an explicit null is no limit: the key's ceiling is sent upstream instead
+            fake.reset()
+            ask(gw.v1, key, extra_body={"max_tokens": None})
+            assert fake.hits[-1].body["max_tokens"] == 7
+            hedge_keys(cfg, "revoke", key.split("_")[1])
+            wait_until(lambda: request(f"{gw.v1}/models", headers={})[0] == 401)
+            status, _, body = request(f"{gw.v1}/models")
+            assert status == 401 and body["error"]["type"] == "authentication_error"
+            with pytest.raises(openai.AuthenticationError):
+                ask(gw.v1, key)

@@ -108,6 +108,9 @@ def test_metrics_count_what_happened(setup: tuple[Gateway, FakeOpenAI]) -> None:
     with pytest.raises(openai.APIStatusError):
         chat(gw, "down", "fails")
     usage.append(chat(gw, "checked", "validated").parse().usage)
+    for name in ("no-such-route-1", "no-such-route-2"):
+        with pytest.raises(openai.NotFoundError):
+            chat(gw, name, "x")
     after = scrape(gw, ADMIN)
 
     def delta(name: str, **labels: str) -> float:
@@ -129,6 +132,9 @@ def test_metrics_count_what_happened(setup: tuple[Gateway, FakeOpenAI]) -> None:
     assert delta("hedge_spend_usd_total", route="checked") == pytest.approx(spent)
     assert value(after, "hedge_cost_per_success_usd", route="checked") == pytest.approx(spent)
     assert value(after, "hedge_breaker_state", deployment="cheap") == 0
+    # a client's model names never become label values
+    assert delta("hedge_requests_total", route="_unknown", deployment="", status="404") == 2
+    assert not any("no-such-route" in str(labels) for _, labels in after)
     assert ids[0] != ids[2]
 
 

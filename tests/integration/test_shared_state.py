@@ -128,8 +128,11 @@ def test_a_drill_on_one_process_cuts_and_restores_every_process(
             eventually(lambda: deployments(b)["flaky"]["revoked"])
             assert ask(b)["x-hedge-deployment"] == "backup"
             assert ask(a)["x-hedge-deployment"] == "backup"
-            admin(a, "restore", "flaky")
-            eventually(lambda: not deployments(b)["flaky"]["revoked"])
+            # restored through the other process: the one that revoked follows too
+            admin(b, "restore", "flaky")
+            eventually(lambda: not deployments(a)["flaky"]["revoked"])
+            assert not deployments(b)["flaky"]["revoked"]
+            assert ask(a)["x-hedge-deployment"] == "flaky"
             assert ask(b)["x-hedge-deployment"] == "flaky"
         # A process started later still sees a revocation made before it started.
         with run_gateway(cfg, tmp_path, env=env) as a:

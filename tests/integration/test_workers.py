@@ -12,6 +12,7 @@ import socket
 import sqlite3
 import subprocess
 import time
+import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from openai import OpenAI
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import HEDGE, free_port, wait_http
 from tests.fakes.openai_fake import FakeOpenAI, fake_openai
@@ -128,6 +130,12 @@ def test_two_workers_share_the_port_survive_a_crash_and_stop_cleanly(
             break
     assert seen == workers, f"answers came from {seen}, workers are {workers}"
 
+    # /metrics sums every worker's samples, whichever worker answers the scrape.
+    def counted() -> set[float]:
+        return {_requests_counted(gw.url) for _ in range(8)}
+
+    wait_for(lambda: counted() == {float(answered)}, 10)
+
     # A worker killed outright is replaced, and the service keeps answering meanwhile.
     victim = min(workers)
     os.kill(victim, signal.SIGKILL)
@@ -158,6 +166,17 @@ def test_two_workers_share_the_port_survive_a_crash_and_stop_cleanly(
     with sqlite3.connect(gw.ledger) as db:
         (rows,) = db.execute("SELECT COUNT(*) FROM requests WHERE status = 200").fetchone()
     assert answered - 50 <= rows <= answered
+
+
+def _requests_counted(url: str) -> float:
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "hedge_requests_total" and s.labels.get("status") == "200"
+    )
 
 
 def _zombie(pid: int) -> bool:

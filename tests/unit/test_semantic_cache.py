@@ -100,6 +100,25 @@ def test_the_index_is_bounded_and_forgets() -> None:
     assert len(index) == 2, "a key is indexed once"
 
 
+def test_a_full_scope_keeps_its_newest_rows() -> None:
+    index = SemanticIndex(max_entries=3)
+    rows = {f"k{i}": unit([1.0, float(i), float(i * i)]) for i in range(8)}
+    for key, vector in rows.items():
+        index.add("s", vector, key, key)
+    assert len(index) == 3
+    for key in ("k5", "k6", "k7"):
+        assert (index.nearest("s", rows[key]) or ("",))[0] == key
+    index.forget("s", "k6")
+    index.add("s", rows["k0"], "k0", "k0")
+    index.add("s", rows["k1"], "k1", "k1")  # evicts k5, the oldest left
+    assert {(index.nearest("s", rows[k]) or ("",))[0] for k in ("k7", "k0", "k1")} == {
+        "k7",
+        "k0",
+        "k1",
+    }
+    assert (index.nearest("s", rows["k5"]) or ("",))[0] != "k5"
+
+
 def test_many_rows_grow_and_shrink_consistently() -> None:
     rng = np.random.default_rng(7)
     rows = [unit(rng.normal(size=16)) for _ in range(50)]

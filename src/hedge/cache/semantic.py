@@ -92,12 +92,13 @@ class _Scope:
     """Rows in a growable matrix (capacity doubles, so adding is amortised O(dims)); a removed
     row is replaced by the last one."""
 
-    __slots__ = ("_matrix", "keys", "texts")
+    __slots__ = ("_matrix", "added", "keys", "texts")
 
     def __init__(self, dims: int) -> None:
         self._matrix: Vector = np.empty((4, dims), dtype=np.float32)
         self.keys: list[str] = []
         self.texts: list[str] = []
+        self.added: list[int] = []  # when each row came in (the index's counter)
 
     @property
     def dims(self) -> int:
@@ -106,7 +107,7 @@ class _Scope:
     def similarities(self, vector: Vector) -> Vector:
         return self._matrix[: len(self.keys)] @ vector
 
-    def append(self, vector: Vector, key: str, text: str) -> None:
+    def append(self, vector: Vector, key: str, text: str, added: int) -> None:
         n = len(self.keys)
         if n == self._matrix.shape[0]:
             grown = np.empty((2 * n, self.dims), dtype=np.float32)
@@ -115,23 +116,31 @@ class _Scope:
         self._matrix[n] = vector
         self.keys.append(key)
         self.texts.append(text)
+        self.added.append(added)
+
+    def oldest(self) -> int:
+        return self.added.index(min(self.added))
 
     def remove(self, i: int) -> None:
         last = len(self.keys) - 1
         self._matrix[i] = self._matrix[last]
         self.keys[i], self.texts[i] = self.keys[last], self.texts[last]
+        self.added[i] = self.added[last]
         self.keys.pop()
         self.texts.pop()
+        self.added.pop()
 
 
 class SemanticIndex:
     """Unit vectors by scope, each pointing at the exact-cache key of a stored answer.
-    Bounded by `max_entries` overall: rows of the least recently used scope go first."""
+    Bounded by `max_entries` overall: the oldest row of the least recently used scope goes
+    first."""
 
     def __init__(self, max_entries: int) -> None:
         self.max_entries = max_entries
         self._scopes: OrderedDict[str, _Scope] = OrderedDict()
         self._size = 0
+        self._added = 0
 
     def __len__(self) -> int:
         return self._size
@@ -152,12 +161,13 @@ class SemanticIndex:
             found = self._scopes[scope] = _Scope(vector.shape[0])
         if key in found.keys or found.dims != vector.shape[0]:
             return  # already there, or another embedder's dimensions: not comparable
-        found.append(vector, key, text)
+        self._added += 1
+        found.append(vector, key, text, self._added)
         self._scopes.move_to_end(scope)
         self._size += 1
         while self._size > self.max_entries:
-            oldest, rows = next(iter(self._scopes.items()))
-            self._remove(oldest, rows, 0)
+            stale, rows = next(iter(self._scopes.items()))
+            self._remove(stale, rows, rows.oldest())
 
     def forget(self, scope: str, key: str) -> None:
         """Drop a row whose answer has left the store (expired or evicted)."""

@@ -128,6 +128,11 @@ class Breaker:
         if self._peer_opening:
             self._failures, self._opened_at, self._peer_opening = 0, None, False
 
+    def revocation_shared(self) -> None:
+        """This process's revocation is now in the shared store, which decides its end."""
+        if self.revoked is not None:
+            self._peer_revocation = True
+
     def adopt_revocation(self, reason: str) -> None:
         if self.revoked is None:
             self.revoked, self._peer_revocation = reason, True

@@ -1,9 +1,11 @@
 """API keys and per-key limits at the door: an ASGI wrapper around the gateway's app.
 
-With no active key the gateway is open, and the start-up rule (`guard`) has bound it to
-loopback; the only per-request cost then is one check of an in-memory dict. Once a key exists
-(created before start, or later with `hedge keys create` while the server runs) every request
-but /healthz and /readyz needs one, as `Authorization: Bearer hk_...` or `x-api-key: hk_...`.
+With no key ever created the gateway is open, and the start-up rule (`guard`) has bound it to
+loopback; the only per-request cost then is one attribute check. Once a key exists (created
+before start, or later with `hedge keys create` while the server runs) every request but the
+open paths (/healthz, /readyz, /openapi.json, the /dashboard page) needs a valid one, as
+`Authorization: Bearer hk_...` or `x-api-key: hk_...`, from then on: revoking every key
+leaves the door shut.
 
 For the endpoints that reach an upstream (chat, embeddings, messages) the key's limits are
 checked here, before the app sees the request: body size, message count, max_tokens ceiling,
@@ -55,7 +57,16 @@ from hedge.limits import (
     route_prices,
 )
 from hedge.server import anthropic_api
-from hedge.server.asgi import Message, Receive, Scope, Send, header, read_body, send_error
+from hedge.server.asgi import (
+    ClientGone,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    header,
+    read_body,
+    send_error,
+)
 from hedge.trace import current as current_trace
 
 log = logging.getLogger("hedge.auth")
@@ -78,6 +89,9 @@ class KeyCache:
         self.refresh_s = refresh_s
         self.records: dict[str, KeyRecord] = {}
         self.revoked: frozenset[str] = frozenset()
+        # Once any key has been seen, keys stay required, even with every key revoked or
+        # the file gone: revoking the last key while rotating must shut the door, not open it.
+        self.required = False
         self._signature: object = None
 
     def load(self) -> None:
@@ -85,6 +99,7 @@ class KeyCache:
         every = self.store.all()
         self.records = {r.id: r for r in every if r.revoked is None}
         self.revoked = frozenset(r.id for r in every if r.revoked is not None)
+        self.required = self.required or bool(every)
         self._signature = signature
 
     async def run(self) -> None:
@@ -172,7 +187,7 @@ class Guard:
         return cfg.limits.default_completion_tokens
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and self.keys.records:
+        if scope["type"] == "http" and self.keys.required:
             await self._guarded(scope, receive, send)
         elif scope["type"] == "lifespan":
             await self._lifespan(scope, receive, send)
@@ -212,6 +227,8 @@ class Guard:
                 await self.app(scope, receive, send)
                 return
             body, admitted = await self._admit(scope, receive, record)
+        except ClientGone:
+            return  # left while sending its body: nobody to answer
         except HedgeError as e:
             await self._send_error(send, path, e)
             return
@@ -298,14 +315,17 @@ class Guard:
                     param=field,
                     code="max_tokens_too_large",
                 )
-            if asked is None and data and "max_tokens" not in data:
-                # Without the field an upstream may generate to its context's end: the
-                # ceiling is made explicit so it binds there too.
+            if asked is None and data:
+                # Without a limit (no field, or null) an upstream may generate to its
+                # context's end: the ceiling is made explicit so it binds there too.
                 body = orjson.dumps({**data, "max_tokens": record.max_tokens})
                 asked = record.max_tokens
         completion = 0
         if not embeddings:
             completion = asked or self._default_completion.get(model or "", 0)
+            choices = data.get("n")
+            if isinstance(choices, int) and not isinstance(choices, bool) and choices > 1:
+                completion *= choices  # each choice may use the whole max_tokens
         price = self._route_prices.get(model or "")
         est = estimate(len(body), completion, price)
         rates = self.limits.rates

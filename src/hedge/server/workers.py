@@ -25,10 +25,12 @@ from __future__ import annotations
 import contextlib
 import os
 import select
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -228,7 +230,15 @@ def supervise(worker_args: Sequence[str], host: str, port: int, count: int, grac
     except OSError as e:
         log(f"cannot listen on {host}:{port}: {e.strerror or e}")
         return 1
-    return Supervisor(worker_args, sock, count, grace_s).run()
+    # Each worker writes its metric samples here; whichever one answers /metrics sums them all
+    # (prometheus_client's multiprocess mode). A fresh directory per run: samples of a previous
+    # run must not be added in.
+    metrics_dir = tempfile.mkdtemp(prefix="hedge-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    try:
+        return Supervisor(worker_args, sock, count, grace_s).run()
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 def parse_worker_fds(value: str) -> tuple[int, int, int]:
