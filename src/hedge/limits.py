@@ -7,7 +7,8 @@ below zero (a long answer), which then delays the next request by the debt.
 
 A budget is spend per key per period (UTC day, UTC month, or ever). Before any upstream call
 the request *reserves* a cost estimate that covers its worst case (prompt bound from the body
-size, completion from max_tokens, at the route's dearest prices); the reservation is admitted
+size, completion from max_tokens times n, at the dearest prices of the route's deployments;
+calls to a cascade's judges are not in that bound); the reservation is admitted
 only if spent + held + estimate fits the budget, atomically, so concurrent requests cannot
 overspend together. After the call it settles: the hold is dropped and the real cost added.
 A hold carries an expiry, so a process that dies mid-request does not pin budget forever.
@@ -36,7 +37,6 @@ from hedge.config import HedgeConfig, Prices
 from hedge.errors import HedgeError
 from hedge.keys import Period
 from hedge.trace import Trace
-from hedge.types import Usage
 
 # Prompt tokens are bounded by the body: a token is at least two bytes of JSON text for every
 # tokenizer in use on ordinary text (the JSON envelope is counted too, so this over-estimates).
@@ -152,10 +152,6 @@ def actual(trace: Trace | None, prices: Mapping[str, Prices]) -> Actual:
         usd += cost_usd(a.usage, prices.get(a.deployment, Prices()))
         tokens += a.usage.prompt_tokens + a.usage.completion_tokens
     return Actual(usd, tokens, known)
-
-
-def usage_tokens(usage: Usage) -> int:
-    return usage.prompt_tokens + usage.completion_tokens
 
 
 # ---- rate limiters ------------------------------------------------------------------------
@@ -336,7 +332,7 @@ class SqliteBudgets:
 
         try:
             return await asyncio.get_running_loop().run_in_executor(self._executor, run)
-        except sqlite3.Error as e:
+        except (sqlite3.Error, OSError) as e:
             raise LimitsUnavailable(
                 f"The budget store {self.path} failed ({e}); requests with a budget are "
                 "refused until it works."

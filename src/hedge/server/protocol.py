@@ -83,8 +83,10 @@ def guarded_protocol(
 
         def data_received(self, data: bytes) -> None:
             super().data_received(data)
-            # Still reading a head after this read: all of it was head (a body only follows a
-            # complete head), so an endless header is cut off as it arrives.
+            # Still reading a head after this read: it was all head (a body only follows a
+            # complete head), so an endless header is cut off as it arrives. (With pipelining,
+            # a read may also carry the end of the previous body: counted too, a bound on the
+            # read rather than the head, which clients that pipeline rarely reach.)
             if self._in_head and not self.transport.is_closing():
                 self._raw += len(data)
                 if self._raw > max_header_bytes:
