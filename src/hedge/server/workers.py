@@ -179,6 +179,8 @@ class Supervisor:
             now = time.monotonic()
             for w in self.workers:
                 code = self._reap(w)
+                if code is not None and self.stopping:
+                    break  # a signal to the process group: the workers are stopping too
                 if code is not None:
                     if not w.ready:
                         w.failed_starts += 1
