@@ -100,6 +100,8 @@ async def first_success(
     route: str,
 ) -> tuple[T, C]:
     """Run `call` on candidates in order until one succeeds (see the module docstring)."""
+    if hedge_after_s is None:
+        return await _in_turn(candidates, call, windows, route)
     queue = list(candidates)
     running: dict[asyncio.Task[T], C] = {}
     errors: list[tuple[str, HedgeError]] = []
@@ -141,6 +143,29 @@ async def first_success(
             task.cancel()
         if running:
             await asyncio.gather(*running, return_exceptions=True)
+    raise _exhausted(route, errors)
+
+
+async def _in_turn(
+    candidates: Sequence[C],
+    call: Callable[[C], Awaitable[T]],
+    windows: dict[str, int | None],
+    route: str,
+) -> tuple[T, C]:
+    """`first_success` without hedging: one call at a time, awaited in the caller's task (no
+    task and no asyncio.wait per request: about 5% of a request's CPU on the hot path)."""
+    queue = list(candidates)
+    errors: list[tuple[str, HedgeError]] = []
+    while queue:
+        candidate = queue.pop(0)
+        try:
+            return await call(candidate), candidate
+        except HedgeError as error:
+            errors.append((candidate.name, error))
+            eligible = still_eligible(error, candidate.name, [c.name for c in queue], windows)
+            if eligible is None:
+                raise
+            queue = [c for c in queue if c.name in eligible]
     raise _exhausted(route, errors)
 
 
