@@ -8,6 +8,7 @@ Child tasks (hedged requests) inherit the same Trace.
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from contextvars import ContextVar
@@ -35,12 +36,23 @@ class BudgetExhausted(HedgeError):
     code = "request_budget_exhausted"
 
 
+_ids = itertools.count()
+
+
+def new_request_id() -> str:
+    """`chatcmpl-` + the time in microseconds (13 hex digits) + a counter (3) + 64 random bits
+    (16). Unguessable (feedback is keyed by it) and in time order: the ledger's indexes on
+    request ids then grow at their end instead of at random places, which measured 5x less
+    CPU per ledger record (README, Performance)."""
+    return f"chatcmpl-{time.time_ns() // 1000:013x}{next(_ids) & 0xFFF:03x}{os.urandom(8).hex()}"
+
+
 @dataclass(slots=True)
 class Trace:
     """What happened while serving one request."""
 
     route: str
-    request_id: str = field(default_factory=lambda: f"chatcmpl-{os.urandom(12).hex()}")
+    request_id: str = field(default_factory=new_request_id)
     started: float = field(default_factory=time.perf_counter)
     attempts: list[Attempt] = field(default_factory=list)
     upstream_seconds: float = 0.0
