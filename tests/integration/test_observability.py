@@ -8,6 +8,7 @@ wrote, must add up to exactly what was sent.
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -168,7 +169,20 @@ def test_one_json_log_line_per_request_and_no_prompt_text(
     rid = raw.headers["x-request-id"]
     with pytest.raises(openai.APIStatusError):
         chat(gw, "down", "another 7731")
-    lines = [json.loads(line) for line in gw.output().splitlines() if line.startswith("{")]
+
+    def logged() -> list[dict[str, Any]]:
+        return [json.loads(line) for line in gw.output().splitlines() if line.startswith("{")]
+
+    # A request's line is written just after its answer went out: wait for both.
+    deadline = time.monotonic() + 5
+    while True:
+        lines = logged()
+        done = any(x.get("request_id") == rid for x in lines) and any(
+            x.get("route") == "down" and x.get("status") == 502 for x in lines
+        )
+        if done or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     mine = [line for line in lines if line.get("request_id") == rid]
     assert len(mine) == 1
     (line,) = mine
@@ -188,6 +202,6 @@ def test_text_logs_when_configured(tmp_path: Path) -> None:
         )
         with run_gateway(cfg, tmp_path, env={"HEDGE_TEST_METRICS_ADMIN": ADMIN}) as gw:
             rid = chat(gw, "chat", "hello", temperature=0).headers["x-request-id"]
-            out = gw.output()
+        out = gw.output()  # the request's line is written just after its answer went out
     (line,) = [x for x in out.splitlines() if f"request_id={rid}" in x]
     assert "INFO hedge.requests: request" in line and "route=chat" in line

@@ -8,14 +8,21 @@ address is never administrable by accident.
 from __future__ import annotations
 
 import hmac
-import ipaddress
 from typing import Any
 
 import orjson
 
 from hedge.errors import AuthenticationFailed, InvalidRequest, NotFound, PermissionDenied
 from hedge.gateway import Gateway
-from hedge.server.asgi import Receive, Scope, Send, header, read_body, send_json
+from hedge.server.asgi import (
+    Receive,
+    Scope,
+    Send,
+    bearer_token,
+    is_loopback,
+    read_body,
+    send_json,
+)
 
 
 class AdminApi:
@@ -26,8 +33,7 @@ class AdminApi:
 
     def authorize(self, scope: Scope) -> None:
         if self._key_configured:
-            given = header(scope, b"authorization") or b""
-            token = given.removeprefix(b"Bearer ").strip()
+            token = bearer_token(scope)
             if self._key is None or not hmac.compare_digest(token, self._key):
                 raise AuthenticationFailed(
                     "Admin endpoints need 'Authorization: Bearer <admin key>' "
@@ -35,12 +41,7 @@ class AdminApi:
                 )
             return
         client = scope.get("client")
-        host = client[0] if client else ""
-        try:
-            loopback = ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            loopback = False
-        if not loopback:
+        if not is_loopback(client[0] if client else ""):
             raise PermissionDenied(
                 "Admin endpoints answer loopback clients only; set server.admin_key_env to "
                 "administer this gateway remotely."

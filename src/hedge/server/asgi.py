@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableMapping
 from typing import Any, Protocol
 
@@ -39,6 +40,24 @@ def header(scope: Scope, name: bytes) -> bytes | None:
         if key == name:
             return bytes(value)
     return None
+
+
+def bearer_token(scope: Scope) -> bytes:
+    """The token of an `Authorization: Bearer ...` header (the scheme in any case), or b""."""
+    given = header(scope, b"authorization")
+    if given is None:
+        return b""
+    scheme, _, value = given.partition(b" ")
+    return value.strip() if scheme.lower() == b"bearer" else b""
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import math
 import sys
@@ -63,7 +62,9 @@ from hedge.server.asgi import (
     Receive,
     Scope,
     Send,
+    bearer_token,
     header,
+    is_loopback,
     read_body,
     send_error,
 )
@@ -113,15 +114,6 @@ class KeyCache:
                 # Keep serving with the keys last read: a locked or half-written file must
                 # not open the gateway nor shut everyone out.
                 log.warning("keeping the last keys read: %s", e)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def check_exposure(settings: Settings, host: str) -> None:
@@ -235,11 +227,7 @@ class Guard:
         await self._serve(scope, receive, send, body, record, admitted)
 
     def authenticate(self, scope: Scope) -> KeyRecord:
-        given = header(scope, b"authorization")
-        token = b""
-        if given is not None:
-            scheme, _, value = given.partition(b" ")
-            token = value.strip() if scheme.lower() == b"bearer" else b""
+        token = bearer_token(scope)
         if not token:
             token = (header(scope, b"x-api-key") or b"").strip()
         if not token:
