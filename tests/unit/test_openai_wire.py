@@ -16,7 +16,7 @@ import aiohttp
 import orjson
 import pytest
 
-from hedge.backends.http import HttpPool, parse_retry_after, sse_data, upstream_failure
+from hedge.backends.http import HttpPool, parse_retry_after, upstream_failure
 from hedge.backends.openai_compat import (
     OpenAICompatBackend,
     ToolCallHeaders,
@@ -25,6 +25,7 @@ from hedge.backends.openai_compat import (
     to_wire,
 )
 from hedge.backends.quirks import Quirks, provider_names, quirks_for
+from hedge.backends.sse import sse_data
 from hedge.config import OpenAICompatDeployment, SamplingDefaults, Timeouts
 from hedge.errors import ContextLengthExceeded, InvalidRequest, UpstreamError
 from hedge.types import ChatRequest, Chunk, ToolCallDelta
