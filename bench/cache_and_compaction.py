@@ -59,13 +59,11 @@ from hedge.cache import CachedAnswer, CacheStore
 from hedge.cache.keys import cache_key
 from hedge.cache.memory import MemoryStore
 from hedge.cache.sqlite import SqliteStore
-from hedge.compaction import (
-    CompactionSettings,
+from hedge.compaction import CompactionSettings, _compact_function_memo, compact
+from hedge.tokens import (
     Tokenizer,
-    _compact_function_memo,
     approx_tokens,
     bundled_bpe_file,
-    compact,
     count_tokens,
     tiktoken_tokenizer,
 )

@@ -15,17 +15,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hedge.compaction import (
-    ELLIPSIS,
-    CompactionSettings,
+from hedge.compaction import ELLIPSIS, CompactionSettings, compact, minify_schema, trim_text
+from hedge.tokens import (
     approx_tokens,
     bundled_bpe_file,
-    compact,
     count_tokens,
-    minify_schema,
     read_bpe_ranks,
     tiktoken_tokenizer,
-    trim_text,
 )
 from hedge.types import ChatRequest
 

@@ -29,8 +29,9 @@ from hedge.cache import (
     semantic,
 )
 from hedge.cache.keys import Decision, cache_key, cache_tenant, decide, storable
-from hedge.compaction import CompactionSettings, approx_tokens, compact, count_tokens
+from hedge.compaction import CompactionSettings, compact
 from hedge.config import Route
+from hedge.tokens import approx_tokens, count_tokens
 from hedge.types import ChatRequest, ChatResponse, Chunk, EmbeddingRequest, EmbeddingResponse
 
 # Agents send the same tool manifest with every request: memoised, counting the tokens a
