@@ -44,23 +44,22 @@ class Metrics:
         multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
         # In multiprocess mode samples go to files; the registry used for scrapes reads them.
         where = None if multiprocess else self.registry
-        self.requests = Counter(
+
+        def counter(name: str, doc: str, *labels: str) -> Counter:
+            return Counter(name, doc, list(labels), registry=where)
+
+        self.requests = counter(
             "hedge_requests",
             "Requests served, by route, answering deployment and HTTP status.",
-            ["route", "deployment", "status"],
-            registry=where,
+            *("route", "deployment", "status"),
         )
-        self.errors = Counter(
-            "hedge_request_errors",
-            "Failed requests by route and error code.",
-            ["route", "code"],
-            registry=where,
+        self.errors = counter(
+            "hedge_request_errors", "Failed requests by route and error code.", "route", "code"
         )
-        self.attempts = Counter(
+        self.attempts = counter(
             "hedge_attempts",
             "Upstream calls by deployment and outcome (ok or error).",
-            ["deployment", "outcome"],
-            registry=where,
+            *("deployment", "outcome"),
         )
         self.latency = Histogram(
             "hedge_request_duration_seconds",
@@ -69,30 +68,26 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=where,
         )
-        self.tokens = Counter(
+        self.tokens = counter(
             "hedge_tokens",
             "Tokens by deployment and kind (prompt, completion, cached).",
-            ["deployment", "kind"],
-            registry=where,
+            *("deployment", "kind"),
         )
-        self.spend = Counter("hedge_spend_usd", "Spend in USD by route.", ["route"], registry=where)
-        self.successes = Counter(
+        self.spend = counter("hedge_spend_usd", "Spend in USD by route.", "route")
+        self.successes = counter(
             "hedge_successes",
             "Requests a validator accepted at answer time, by route (feedback comes later).",
-            ["route"],
-            registry=where,
+            "route",
         )
-        self.cache = Counter(
+        self.cache = counter(
             "hedge_cache",
             "Cache lookups by route and result (hit, semantic-hit, miss, bypass).",
-            ["route", "result"],
-            registry=where,
+            *("route", "result"),
         )
-        self.saved = Counter(
+        self.saved = counter(
             "hedge_prompt_tokens_saved",
             "Prompt tokens prompt compaction removed (estimated), by route.",
-            ["route"],
-            registry=where,
+            "route",
         )
         # Where scrape-time figures read the counters from: every process's files, or ours.
         self.sources: list[Any] = [self.spend, self.successes]
