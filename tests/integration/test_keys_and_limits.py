@@ -328,7 +328,9 @@ def test_revoking_the_last_key_shuts_the_door_and_ceilings_bind_null_max_tokens(
             ask(gw.v1, key, extra_body={"max_tokens": None})
             assert fake.hits[-1].body["max_tokens"] == 7
             hedge_keys(cfg, "revoke", key.split("_")[1])
-            wait_until(lambda: request(f"{gw.v1}/models", headers={})[0] == 401)
+            # the revoked key itself is the signal: a keyless request was refused before too
+            bearer = {"Authorization": f"Bearer {key}"}
+            wait_until(lambda: request(f"{gw.v1}/models", headers=bearer)[0] == 401)
             status, _, body = request(f"{gw.v1}/models")
             assert status == 401 and body["error"]["type"] == "authentication_error"
             with pytest.raises(openai.AuthenticationError):
