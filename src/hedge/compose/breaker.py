@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
 from typing import Literal, TypeVar
 
 from hedge import trace
@@ -226,8 +225,12 @@ class Breaker:
         t0 = time.perf_counter()
         error: BaseException | None = None
         try:
-            async with _deadline(current):
-                response = await call()
+            try:
+                # (inline, not a context manager: this runs once per request)
+                async with asyncio.timeout(max(0.0, current.remaining_s())):
+                    response = await call()
+            except TimeoutError:
+                raise _past_deadline(current) from None
             attempt.usage = response.usage
             return response
         except BaseException as e:
@@ -251,8 +254,10 @@ class Breaker:
             while True:
                 t = time.perf_counter()
                 try:
-                    async with _deadline(current):
+                    async with asyncio.timeout(max(0.0, current.remaining_s())):
                         chunk = await anext(chunks)
+                except TimeoutError:
+                    raise _past_deadline(current) from None
                 except StopAsyncIteration:
                     attempt.error = None
                     return
@@ -275,14 +280,9 @@ class Breaker:
             self._settle(error)
 
 
-@asynccontextmanager
-async def _deadline(current: trace.Trace) -> AsyncIterator[None]:
-    """Bound a running call by what is left of the request's deadline."""
-    try:
-        async with asyncio.timeout(max(0.0, current.remaining_s())):
-            yield
-    except TimeoutError:
-        raise trace.BudgetExhausted(
-            f"Request reached its deadline ({current.deadline_s:g}s) during an upstream call: "
-            + "; ".join(f"{a.deployment}: {a.error or 'in progress'}" for a in current.attempts)
-        ) from None
+def _past_deadline(current: trace.Trace) -> trace.BudgetExhausted:
+    """A running call cut off by what was left of the request's deadline."""
+    return trace.BudgetExhausted(
+        f"Request reached its deadline ({current.deadline_s:g}s) during an upstream call: "
+        + "; ".join(f"{a.deployment}: {a.error or 'in progress'}" for a in current.attempts)
+    )

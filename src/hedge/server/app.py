@@ -6,6 +6,7 @@ anything else is logged with its traceback and answered with a plain 500 that ca
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -20,9 +21,9 @@ from hedge.recent import RecentRequests
 from hedge.server import anthropic_api, openai_api, openapi
 from hedge.server.admin_api import AdminApi
 from hedge.server.asgi import (
+    INTERNAL_ERROR,
     JSON_HEADERS,
     ClientGone,
-    Message,
     Receive,
     Scope,
     Send,
@@ -101,35 +102,20 @@ class HedgeApp:
                 return
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        started = False
-
-        async def tracked_send(message: Message) -> None:
-            nonlocal started
-            started = True
-            await send(message)
-
+        # An error after the response has started cannot be answered: the server refuses a
+        # second `http.response.start` (ASGI requires it to), which is how we find out, so
+        # no wrapper has to watch every send of every request.
         try:
-            await self._route(scope, receive, tracked_send)
+            await self._route(scope, receive, send)
         except ClientGone:
             return
         except HedgeError as e:
-            if not started:
+            with contextlib.suppress(RuntimeError):
                 await send_error(send, e)
         except Exception:
             log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
-            if not started:
-                await send_json(
-                    send,
-                    500,
-                    {
-                        "error": {
-                            "message": "hedge hit an internal error; it has been logged.",
-                            "type": "server_error",
-                            "code": "internal_error",
-                            "param": None,
-                        }
-                    },
-                )
+            with contextlib.suppress(RuntimeError):
+                await send_json(send, 500, INTERNAL_ERROR)
 
     async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"]

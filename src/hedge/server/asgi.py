@@ -30,6 +30,15 @@ SSE_HEADERS: Headers = [
     (b"x-accel-buffering", b"no"),
 ]
 
+INTERNAL_ERROR = {
+    "error": {
+        "message": "hedge hit an internal error; it has been logged.",
+        "type": "server_error",
+        "code": "internal_error",
+        "param": None,
+    }
+}
+
 
 class ClientGone(Exception):
     """The client disconnected while we were reading its request."""
