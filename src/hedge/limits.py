@@ -13,9 +13,11 @@ only if spent + held + estimate fits the budget, atomically, so concurrent reque
 overspend together. After the call it settles: the hold is dropped and the real cost added.
 A hold carries an expiry, so a process that dies mid-request does not pin budget forever.
 
-Backends: `memory` (rate limits in this process; budget spend in the key store's SQLite file,
-which every process on the host shares and which survives restarts) and `redis` (both shared
-by every process, made atomic by Lua scripts run on the server).
+Backends: `memory` (rate limits in this process; budget spend in a SQLite file beside the key
+store, `<keys>-budgets.db`, which every process on the host shares and which survives
+restarts) and `redis` (both shared by every process, made atomic by Lua scripts run on the
+server). Spend has a file of its own because servers notice new keys by the key store's file
+changing: spend written there made every server reload its keys on every refresh.
 """
 
 from __future__ import annotations
@@ -503,4 +505,10 @@ def open_limits(config: HedgeConfig, redis_url: str | None, keys_path: str) -> L
             RedisRateLimiter(client, config.limits.prefix),
             RedisBudgets(client, config.limits.prefix),
         )
-    return Limits(MemoryRateLimiter(), SqliteBudgets(keys_path))
+    return Limits(MemoryRateLimiter(), SqliteBudgets(budgets_path(keys_path)))
+
+
+def budgets_path(keys_path: str) -> str:
+    """Where budget spend is kept with the `memory` backend: beside the key store."""
+    keys = Path(keys_path)
+    return str(keys.with_name(keys.stem + "-budgets.db"))

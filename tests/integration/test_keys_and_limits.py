@@ -223,7 +223,7 @@ def test_keys_guard_every_endpoint_and_nothing_private_is_stored(  # noqa: PLR09
             log = gw.output()
 
         # privacy: the ledger keeps metadata only, and no secret reaches the log
-        for db_file in (tmp_path / "ledger.db", tmp_path / "keys.db"):
+        for db_file in (tmp_path / "ledger.db", tmp_path / "keys.db", tmp_path / "keys-budgets.db"):
             with sqlite3.connect(db_file) as db:
                 tables = [
                     r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")
@@ -283,7 +283,7 @@ def test_budget_holds_under_concurrent_requests(tmp_path: Path) -> None:
             with pytest.raises(openai.RateLimitError, match="spent"):
                 ask(gw.v1, key, "count 1", max_tokens=1)
             assert len(fake.hits) == 5
-        with sqlite3.connect(tmp_path / "keys.db") as db:
+        with sqlite3.connect(tmp_path / "keys-budgets.db") as db:
             spent = db.execute("SELECT sum(spent_usd) FROM budget_spend").fetchone()[0]
             held = db.execute("SELECT count(*) FROM budget_holds").fetchone()[0]
         assert spent == pytest.approx(0.05) and held == 0
