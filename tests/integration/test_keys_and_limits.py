@@ -129,7 +129,11 @@ def test_keys_guard_every_endpoint_and_nothing_private_is_stored(  # noqa: PLR09
         with run_gateway(cfg.read_text(), tmp_path, ready_timeout=30, env=env) as gw:
             # open: health; closed: everything else without a valid key
             assert request(f"{gw.url}/healthz")[0] == 200
-            assert request(f"{gw.url}/openapi.json")[0] == 200
+            assert request(f"{gw.url}/openapi.json", headers={})[0] == 401  # it names routes
+            openapi_doc = request(
+                f"{gw.url}/openapi.json", headers={"Authorization": f"Bearer {key}"}
+            )
+            assert openapi_doc[0] == 200 and "chat" in json.dumps(openapi_doc[2])
             with urllib.request.urlopen(f"{gw.url}/dashboard", timeout=10) as page:
                 assert page.status == 200  # the page holds no data; its calls need the admin key
             assert request(f"{gw.url}/admin/dashboard/summary")[0] == 401

@@ -3,7 +3,7 @@
 With no key ever created the gateway is open, and the start-up rule (`guard`) has bound it to
 loopback; the only per-request cost then is one attribute check. Once a key exists (created
 before start, or later with `hedge keys create` while the server runs) every request but the
-open paths (/healthz, /readyz, /openapi.json, the /dashboard page) needs a valid one, as
+open paths (/healthz, /readyz, the /dashboard page) needs a valid one, as
 `Authorization: Bearer hk_...` or `x-api-key: hk_...`, from then on: revoking every key
 leaves the door shut.
 
@@ -74,9 +74,10 @@ log = logging.getLogger("hedge.auth")
 
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 SCOPE_KEY = "hedge.key"
-# Open without a key: health, the API's description, and the dashboard's page (which holds no
-# data: it asks for the admin key and sends it with every call it makes).
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", "/dashboard"})
+# Open without a key: health, and the dashboard's page (which holds no data: it asks for the
+# admin key and sends it with every call it makes). The API's description needs a key, like
+# /v1/models: it names the routes.
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/dashboard"})
 METERED = frozenset({"/v1/chat/completions", "/v1/embeddings", "/v1/messages"})
 
 
