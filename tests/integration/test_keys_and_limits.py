@@ -158,6 +158,17 @@ def test_keys_guard_every_endpoint_and_nothing_private_is_stored(  # noqa: PLR09
             assert status == 200
             answer = ask(gw.v1, key, "hello there")
             assert answer.choices[0].message.content == "echo: hello there"
+            # what the guard cannot parse, the handler still refuses precisely
+            for raw_body, reason in ((b'{"model": "chat",', "not valid JSON"), (b"[1]", "array")):
+                refused = urllib.request.Request(
+                    f"{gw.v1}/chat/completions", data=raw_body, headers=as_client
+                )
+                with pytest.raises(urllib.error.HTTPError) as bad:
+                    urllib.request.urlopen(refused, timeout=10)
+                assert (
+                    bad.value.code == 400
+                    and reason in json.loads(bad.value.read())["error"]["message"]
+                )
 
             # admin endpoints: the admin key, never a client key
             admin_url = f"{gw.url}/admin/deployments"

@@ -46,6 +46,7 @@ from hedge.errors import HedgeError, InvalidRequest, MethodNotAllowed, Unsupport
 from hedge.gateway import Gateway
 from hedge.server.asgi import (
     JSON_HEADERS,
+    PARSED_BODY,
     ClientGone,
     Receive,
     Scope,
@@ -59,7 +60,7 @@ from hedge.server.openai_api import (
     caller_of,
     describe_validation,
     json_kind,
-    not_json,
+    load_json,
     provenance_headers,
     trace_headers,
 )
@@ -351,13 +352,10 @@ Turn = tuple[Role, list[Block]]
 # ---- request: Messages -> ChatRequest (pure) ----------------------------------------------
 
 
-def parse_messages_request(body: bytes) -> ChatRequest:
-    """Bytes -> ChatRequest, or an InvalidRequest that says what is wrong and where."""
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError as e:
-        raise InvalidRequest(not_json(body, e), code="invalid_json") from None
-    return messages_to_chat(data)
+def parse_messages_request(body: bytes, parsed: Any = None) -> ChatRequest:
+    """Bytes -> ChatRequest, or an InvalidRequest that says what is wrong and where.
+    `parsed`: the body already parsed as JSON (by the key guard), when it was."""
+    return messages_to_chat(parsed if parsed is not None else load_json(body))
 
 
 def messages_to_chat(body: Any) -> ChatRequest:
@@ -976,7 +974,7 @@ class Messages:
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         body = await read_body(scope, receive, self.max_body)
-        request = parse_messages_request(body)
+        request = parse_messages_request(body, scope.get(PARSED_BODY))
         trace = Trace(route=request.model, request_id=new_message_id())
         caller = caller_of(scope, request)
         try:

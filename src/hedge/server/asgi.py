@@ -23,6 +23,10 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 Headers = list[tuple[bytes, bytes]]
 
+# Where the key guard leaves a metered request's body once it has parsed it (a JSON object), so
+# the handler behind it validates that object instead of parsing the same bytes again.
+PARSED_BODY = "hedge.parsed_body"
+
 JSON_HEADERS: Headers = [(b"content-type", b"application/json")]
 SSE_HEADERS: Headers = [
     (b"content-type", b"text/event-stream; charset=utf-8"),

@@ -57,6 +57,7 @@ from hedge.limits import (
 )
 from hedge.server import anthropic_api
 from hedge.server.asgi import (
+    PARSED_BODY,
     ClientGone,
     Message,
     Receive,
@@ -274,41 +275,15 @@ class Guard:
             ) from e
         data = _json_object(body)
         model = data.get("model") if isinstance(data.get("model"), str) else None
-        if record.routes and model is not None and model not in record.routes:
-            raise PermissionDenied(
-                f"This API key may not use model '{model}'; it may use: "
-                f"{', '.join(record.routes)}.",
-                param="model",
-                code="model_not_allowed",
-            )
-        messages = data.get("messages")
-        if (
-            record.max_messages is not None
-            and isinstance(messages, list)
-            and len(messages) > record.max_messages
-        ):
-            raise InvalidRequest(
-                f"This request has {len(messages)} messages; this API key allows at most "
-                f"{record.max_messages}. Shorten the conversation.",
-                param="messages",
-                code="too_many_messages",
-            )
         embeddings = scope["path"] == "/v1/embeddings"
         asked = _max_tokens(data)
-        if record.max_tokens is not None and not embeddings:
-            if asked is not None and asked > record.max_tokens:
-                field = "max_completion_tokens" if "max_completion_tokens" in data else "max_tokens"
-                raise InvalidRequest(
-                    f"'{field}' is {asked}; this API key allows at most {record.max_tokens}. "
-                    "Ask for fewer tokens.",
-                    param=field,
-                    code="max_tokens_too_large",
-                )
-            if asked is None and data:
-                # Without a limit (no field, or null) an upstream may generate to its
-                # context's end: the ceiling is made explicit so it binds there too.
-                body = orjson.dumps({**data, "max_tokens": record.max_tokens})
-                asked = record.max_tokens
+        check_ceilings(record, data, model, asked, embeddings)
+        if record.max_tokens is not None and not embeddings and asked is None and data:
+            # Without a limit (no field, or null) an upstream may generate to its context's
+            # end: the ceiling is made explicit so it binds there too.
+            data = {**data, "max_tokens": record.max_tokens}
+            body = orjson.dumps(data)
+            asked = record.max_tokens
         completion = 0
         if not embeddings:
             completion = asked or self._default_completion.get(model or "", 0)
@@ -337,6 +312,8 @@ class Guard:
             if isinstance(got, Refusal):
                 raise _over_budget(record, got, est, now)
             hold = got
+        if data:
+            scope[PARSED_BODY] = data
         return body, Admitted(est, hold)
 
     async def _serve(
@@ -393,6 +370,38 @@ class Admitted:
     def __init__(self, est: Estimate, hold: Hold | None) -> None:
         self.estimate = est
         self.hold = hold
+
+
+def check_ceilings(
+    record: KeyRecord, data: dict[str, Any], model: str | None, asked: int | None, embeddings: bool
+) -> None:
+    """Refuse a request over the key's fixed ceilings: its routes, message count, max_tokens."""
+    if record.routes and model is not None and model not in record.routes:
+        raise PermissionDenied(
+            f"This API key may not use model '{model}'; it may use: {', '.join(record.routes)}.",
+            param="model",
+            code="model_not_allowed",
+        )
+    messages = data.get("messages")
+    if (
+        record.max_messages is not None
+        and isinstance(messages, list)
+        and len(messages) > record.max_messages
+    ):
+        raise InvalidRequest(
+            f"This request has {len(messages)} messages; this API key allows at most "
+            f"{record.max_messages}. Shorten the conversation.",
+            param="messages",
+            code="too_many_messages",
+        )
+    ceiling = None if embeddings else record.max_tokens
+    if ceiling is not None and asked is not None and asked > ceiling:
+        field = "max_completion_tokens" if "max_completion_tokens" in data else "max_tokens"
+        raise InvalidRequest(
+            f"'{field}' is {asked}; this API key allows at most {ceiling}. Ask for fewer tokens.",
+            param=field,
+            code="max_tokens_too_large",
+        )
 
 
 def _json_object(body: bytes) -> dict[str, Any]:

@@ -14,15 +14,23 @@ import orjson
 from hedge import vectors
 from hedge.errors import HedgeError
 from hedge.gateway import Gateway
-from hedge.server.asgi import JSON_HEADERS, Receive, Scope, Send, read_body, send_bytes
+from hedge.server.asgi import (
+    JSON_HEADERS,
+    PARSED_BODY,
+    Receive,
+    Scope,
+    Send,
+    read_body,
+    send_bytes,
+)
 from hedge.server.openai_api import caller_of, parse_body, provenance_headers, trace_headers
 from hedge.trace import Trace
 from hedge.types import EmbeddingRequest, EmbeddingResponse
 
 
-def parse_embedding_request(body: bytes) -> EmbeddingRequest:
+def parse_embedding_request(body: bytes, parsed: Any = None) -> EmbeddingRequest:
     """Bytes -> EmbeddingRequest, or an InvalidRequest that says what is wrong and where."""
-    return parse_body(body, EmbeddingRequest)
+    return parse_body(body, EmbeddingRequest, parsed)
 
 
 def render_embeddings(
@@ -53,7 +61,7 @@ class Embeddings:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> Trace:
         body = await read_body(scope, receive, self.max_body)
-        request = parse_embedding_request(body)
+        request = parse_embedding_request(body, scope.get(PARSED_BODY))
         trace = Trace(route=request.model)
         try:
             response = await self.gateway.embed(request, trace, caller_of(scope, request))

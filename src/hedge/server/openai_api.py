@@ -21,6 +21,7 @@ from hedge.gateway import Caller, Gateway
 from hedge.policy import Provenance
 from hedge.server.asgi import (
     JSON_HEADERS,
+    PARSED_BODY,
     Receive,
     Scope,
     Send,
@@ -35,18 +36,15 @@ from hedge.types import ChatRequest, ChatResponse, Chunk, EmbeddingRequest, Fiel
 M = TypeVar("M", bound=BaseModel)
 
 
-def parse_chat_request(body: bytes) -> ChatRequest:
+def parse_chat_request(body: bytes, parsed: Any = None) -> ChatRequest:
     """Bytes -> ChatRequest, or an InvalidRequest that says what is wrong and where."""
-    return parse_body(body, ChatRequest)
+    return parse_body(body, ChatRequest, parsed)
 
 
-def parse_body(body: bytes, model: type[M]) -> M:
+def parse_body(body: bytes, model: type[M], parsed: Any = None) -> M:
     """Bytes -> a validated request `model`, or an InvalidRequest that says what is wrong
-    and where."""
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError as e:
-        raise InvalidRequest(not_json(body, e), code="invalid_json") from None
+    and where. `parsed`: the body already parsed as JSON (by the key guard), when it was."""
+    data = parsed if parsed is not None else load_json(body)
     if not isinstance(data, dict):
         raise InvalidRequest(
             f"The request body must be a JSON object, not {json_kind(data)}.", code="invalid_json"
@@ -56,6 +54,13 @@ def parse_body(body: bytes, model: type[M]) -> M:
     except ValidationError as e:
         message, param = describe_validation(e)
         raise InvalidRequest(message, param=param) from None
+
+
+def load_json(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as e:
+        raise InvalidRequest(not_json(body, e), code="invalid_json") from None
 
 
 def not_json(body: bytes, error: orjson.JSONDecodeError) -> str:
@@ -401,7 +406,7 @@ class ChatCompletions:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> Trace:
         body = await read_body(scope, receive, self.max_body)
-        request = parse_chat_request(body)
+        request = parse_chat_request(body, scope.get(PARSED_BODY))
         trace = Trace(route=request.model)
         caller = caller_of(scope, request)
         try:
