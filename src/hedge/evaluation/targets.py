@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
-import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -97,19 +95,7 @@ class InProcessTarget:
         self.prices = prices
 
     async def start(self) -> None:
-        # llama-cpp-python quiets a model's loading by pointing fds 1 and 2 (and sys.stdout
-        # and sys.stderr) at /dev/null and back. The gateway loads its models at once, and two
-        # loads can interleave that dance and leave this process's output at /dev/null: keep
-        # our own and put them back once every model is loaded.
-        streams = (sys.stdout, sys.stderr)
-        saved = (os.dup(1), os.dup(2))
-        try:
-            await self.gateway.start(wait=True)
-        finally:
-            sys.stdout, sys.stderr = streams
-            for fd, copy in zip((1, 2), saved, strict=True):
-                os.dup2(copy, fd)
-                os.close(copy)
+        await self.gateway.start(wait=True)
 
     async def complete(self, request: ChatRequest) -> Answer:
         trace = Trace(route=request.model)
