@@ -177,9 +177,11 @@ class Exchange:
         if not self.started:
             if kind != "http.response.start":
                 raise RuntimeError(f"expected 'http.response.start', got {kind!r}")
+            # The head first: if its headers are refused, nothing has started and the app
+            # can still answer 500.
+            self.head = self._head(message["status"], message.get("headers", ()))
             self.started = True
             self.expect_continue = False  # answered without reading the body: no 100
-            self.head = self._head(message["status"], message.get("headers", ()))
             return
         if self.done or kind != "http.response.body":
             raise RuntimeError(f"unexpected ASGI message {kind!r} after the response")
