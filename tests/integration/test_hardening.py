@@ -97,6 +97,17 @@ def test_slow_and_silent_clients_are_cut_off_without_holding_others(gw: Gateway)
     silent.close()
 
 
+def start_stream(gateway: Gateway) -> http.client.HTTPResponse:
+    """A streamed chat completion whose head has arrived (the fake stalls its events)."""
+    port = int(gateway.url.rsplit(":", 1)[1])
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    body = {"model": "chat", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    conn.request(
+        "POST", "/v1/chat/completions", json.dumps(body), {"Content-Type": "application/json"}
+    )
+    return conn.getresponse()
+
+
 def test_a_graceful_stop_finishes_the_stream_in_flight_and_flushes_the_ledger(
     tmp_path: Path,
 ) -> None:
@@ -105,20 +116,7 @@ def test_a_graceful_stop_finishes_the_stream_in_flight_and_flushes_the_ledger(
     with fake_openai() as fake:
         cfg = CONFIG.format(url=fake.url, tmp=tmp_path, model="stall-2")
         with run_gateway(cfg, tmp_path) as gateway:
-            port = int(gateway.url.rsplit(":", 1)[1])
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-            body = {
-                "model": "chat",
-                "stream": True,
-                "messages": [{"role": "user", "content": "hi"}],
-            }
-            conn.request(
-                "POST",
-                "/v1/chat/completions",
-                json.dumps(body),
-                {"Content-Type": "application/json"},
-            )
-            response = conn.getresponse()
+            response = start_stream(gateway)
             assert response.status == 200
             first = response.readline()  # the first event is there; the rest is 2 s away
             assert first.startswith(b"data: ")
@@ -142,15 +140,7 @@ def test_new_connections_are_refused_once_stopping(tmp_path: Path) -> None:
         cfg = CONFIG.format(url=fake.url, tmp=tmp_path, model="stall-3")
         with run_gateway(cfg, tmp_path) as gateway:
             port = int(gateway.url.rsplit(":", 1)[1])
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-            body = {"model": "chat", "stream": True, "messages": [{"role": "user", "content": "x"}]}
-            conn.request(
-                "POST",
-                "/v1/chat/completions",
-                json.dumps(body),
-                {"Content-Type": "application/json"},
-            )
-            response = conn.getresponse()
+            response = start_stream(gateway)
             response.readline()
             gateway.proc.send_signal(signal.SIGTERM)
             time.sleep(0.5)
